@@ -1,0 +1,1 @@
+"""Everything that imports TensorFlow: record preparation, tf.data readers, the synthetic dataset."""

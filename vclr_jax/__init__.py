@@ -1,0 +1,1 @@
+"""vclr_jax: VCLR self-supervised video representation learning in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""Flax models: the torchvision-compatible ResNet and the VCLR heads."""
