@@ -1,0 +1,117 @@
+"""The VCLR network: a ResNet backbone, four projection heads and the order classifier.
+
+Heads (REFERENCE.md): ``inter`` and ``intra`` embed single frames, ``video`` embeds the mean
+of a tuple's frame features, ``order`` embeds every frame of a tuple; each is
+Linear(F, F) -> ReLU -> Linear(F, 128) with L2-normalised output. The order classifier is
+Linear(6 * 128, 4) over the query tuple's and the key tuple's order embeddings.
+
+The online and the key (EMA) encoder are two instances of this module with the same
+parameter tree; they differ only in how BatchNorm gathers its statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vclr_jax.models.resnet import ResNet, feature_dim
+
+HEADS = ('inter', 'intra', 'video', 'order')
+NUM_ORDER_CLASSES = 4
+ORDER_NORMS = ('per_frame', 'over_frames')
+
+
+class TorchLinear(nn.Module):
+  """torch.nn.Linear with its default init: U(+-1/sqrt(fan_in)) for weight and bias."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    fan_in = x.shape[-1]
+    bound = 1.0 / jnp.sqrt(fan_in)
+    uniform = lambda key, shape, dtype=jnp.float32: nn.initializers.uniform(2 * bound)(
+        key, shape, dtype) - bound
+    kernel = self.param('kernel', uniform, (fan_in, self.features), jnp.float32)
+    bias = self.param('bias', uniform, (self.features,), jnp.float32)
+    return x.astype(jnp.float32) @ kernel + bias
+
+
+def l2_normalize(x, axis=-1, eps=1e-12):
+  """torch.nn.functional.normalize: x / max(||x||, eps)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+  return x / jnp.maximum(norm, eps)
+
+
+class ProjectionHead(nn.Module):
+  """Linear(F, F) -> ReLU -> Linear(F, embed_dim); names follow torch's Sequential (fc0, fc2)."""
+  hidden: int
+  embed_dim: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(TorchLinear(self.hidden, name='fc0')(x))
+    return TorchLinear(self.embed_dim, name='fc2')(x)
+
+
+class VCLR(nn.Module):
+  """Backbone + heads. Methods give the pieces the train step combines.
+
+  Attributes:
+    depth, width_multiplier: backbone size (see ResNet).
+    embed_dim: size of every head's output (128).
+    order_norm: 'per_frame' normalises each frame's order embedding (the paper);
+      'over_frames' normalises over the tuple's frame axis as the released code does.
+    bn_groups, bn_axis_name, dtype: passed to the backbone's BatchNorm and convs.
+  """
+  depth: int = 50
+  width_multiplier: float = 1.0
+  embed_dim: int = 128
+  order_norm: str = 'per_frame'
+  bn_groups: int = 1
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.order_norm not in ORDER_NORMS:
+      raise ValueError(f'model.order_norm must be one of {ORDER_NORMS}, got {self.order_norm!r}.')
+    self.backbone = ResNet(self.depth, self.width_multiplier, self.bn_groups, self.bn_axis_name,
+                           self.dtype)
+    hidden = feature_dim(self.depth, self.width_multiplier)
+    self.heads = {name: ProjectionHead(hidden, self.embed_dim, name=f'{name}_head')
+                  for name in HEADS}
+    self.order_classifier = TorchLinear(NUM_ORDER_CLASSES, name='order_classifier')
+
+  def features(self, frames, train: bool = True):
+    """Pooled backbone features of (N, H, W, 3) frames: (N, F)."""
+    return self.backbone(frames, train)
+
+  def frame_embeddings(self, features):
+    """Normalised inter- and intra-frame embeddings of (N, F) frame features."""
+    return {name: l2_normalize(self.heads[name](features)) for name in ('inter', 'intra')}
+
+  def video_embedding(self, tuple_features):
+    """Normalised video embedding of (B, T, F) tuple features: head on the frame mean."""
+    return l2_normalize(self.heads['video'](tuple_features.mean(axis=1)))
+
+  def order_embeddings(self, tuple_features):
+    """(B, T, embed_dim) order embeddings, normalised as ``order_norm`` says."""
+    embeddings = self.heads['order'](tuple_features)
+    return l2_normalize(embeddings, axis=-1 if self.order_norm == 'per_frame' else 1)
+
+  def order_logits(self, query_order, key_order):
+    """4-way logits from (B, T, D) query and key order embeddings, each already in shown order."""
+    b = query_order.shape[0]
+    return self.order_classifier(
+        jnp.concatenate([query_order.reshape(b, -1), key_order.reshape(b, -1)], axis=-1))
+
+  def __call__(self, frames, train: bool = True):
+    """Runs every piece once on (B, T, H, W, 3) tuples; used to initialise all parameters."""
+    b, t = frames.shape[:2]
+    feats = self.features(frames.reshape((b * t,) + frames.shape[2:]), train)
+    frame = self.frame_embeddings(feats)
+    tuple_features = feats.reshape(b, t, -1)
+    order = self.order_embeddings(tuple_features)
+    return dict(frame, video=self.video_embedding(tuple_features),
+                order_logits=self.order_logits(order, order))
