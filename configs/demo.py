@@ -1,0 +1,28 @@
+"""The demo: VCLR on the embedded synthetic video dataset, a few minutes on 2 CPU cores.
+
+  python -m input_pipeline.synthetic --out=data/synthetic
+  python -m vclr_jax.main --config=configs/demo.py --workdir=runs/demo
+
+Same method as configs/k400.py at toy scale: a ResNet-18 of 1/8 width (16 channels in
+the stem), 96 px crops, batch 32, small queues.
+"""
+
+import ml_collections
+
+from configs import k400
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = k400.get_config()
+  config.data.records_dir = 'data/synthetic/records'
+  config.data.image_size = 96
+  config.batch_size = 32
+  config.num_epochs = 30
+  config.queue_size = 1024
+  config.model.depth = 18
+  config.model.width_multiplier = 0.25
+  config.optim.base_lr = 0.4  # lr 0.05 at batch 32
+  config.optim.warmup_epochs = 2
+  config.checkpoint.every_steps = 100
+  config.log_every_steps = 10
+  return config

@@ -1,0 +1,33 @@
+"""Test set-up: 8 forced CPU devices (set before jax is imported) and a tiny VCLR config."""
+
+import os
+import sys
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+from configs import demo  # noqa: E402
+
+
+def tiny_config(**overrides):
+  """configs/demo.py shrunk to a ResNet-18 of width 8 at 80 px on in-memory videos."""
+  config = demo.get_config()
+  config.data.source = 'in_memory'
+  config.data.in_memory_videos = 16
+  config.data.image_size = 80
+  config.batch_size = 8
+  config.queue_size = 48
+  config.num_epochs = 4
+  config.optim.warmup_epochs = 1
+  config.model.width_multiplier = 0.125
+  config.model.shuffle_bn_groups_per_device = 2
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+@pytest.fixture
+def config():
+  return tiny_config()

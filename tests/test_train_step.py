@@ -1,0 +1,201 @@
+"""The SPMD train step: multi-device equivalence, shuffle-BN, queues, EMA, schedule, non-finite."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from conftest import tiny_config
+from vclr_jax import train_state as ts
+from vclr_jax import train_step as tstep
+from vclr_jax.global_batches import to_global
+from vclr_jax.in_memory_data import InMemoryVideos, make_videos
+
+NUM_VIDEOS = 16
+
+
+@functools.lru_cache(maxsize=None)
+def videos():
+  return make_videos(NUM_VIDEOS, 12, 96, seed=0)
+
+
+def source(config):
+  return InMemoryVideos(videos(), batch_size=config.batch_size, image_size=config.data.image_size,
+                        seed=config.seed)
+
+
+def run_steps(config, num_devices, num_steps, state=None, start=0):
+  mesh = tstep.make_mesh(jax.devices()[:num_devices])
+  tstep.check_divisibility(config, num_devices)
+  if state is None:
+    state = ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0))
+  state = tstep.replicate(state, mesh)
+  step = tstep.make_train_step(config, mesh, ts.make_optimizer(config, NUM_VIDEOS),
+                               ts.learning_rate_schedule(config, NUM_VIDEOS))
+  data = source(config)
+  metrics = None
+  for i in range(start, start + num_steps):
+    state, metrics = step(state, to_global(data.batch(i), mesh))
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+def max_abs_diff(a, b):
+  diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - y))), a, b)
+  return max(jax.tree.leaves(diffs))
+
+
+def test_eight_devices_with_sync_bn_equal_one_device():
+  config = tiny_config(**{'model.online_bn': 'sync', 'model.key_bn': 'sync', 'batch_size': 16})
+  initial = jax.device_get(ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0)))
+  state1, metrics1 = run_steps(config, 1, 1)
+  state8, metrics8 = run_steps(config, 8, 1)
+  for name in ('loss', 'loss_inter', 'loss_intra', 'loss_video', 'loss_order', 'grad_norm'):
+    np.testing.assert_allclose(metrics8[name], metrics1[name], rtol=1e-5, err_msg=name)
+  # opt_state holds the momentum buffer, i.e. the gradient (plus weight decay) of the step.
+  for field in ('params', 'opt_state', 'ema_params', 'batch_stats', 'ema_batch_stats',
+                'queue_inter', 'queue_video'):
+    change = max_abs_diff(getattr(state1, field), getattr(initial, field))
+    assert change > 0, field
+    assert max_abs_diff(getattr(state8, field), getattr(state1, field)) <= 1e-4 * change + 1e-6, field
+  assert int(state8.queue_inter_pos) == int(state1.queue_inter_pos) == 48 % config.queue_size
+
+
+def test_shuffled_forward_returns_every_row_to_its_example():
+  mesh = tstep.make_mesh()
+  n_dev = mesh.size
+  per_device = 8 * n_dev  # frames per device, divisible by the number of devices
+  frames = jnp.arange(n_dev * per_device * 2, dtype=jnp.float32).reshape(n_dev * per_device, 2)
+
+  def apply_fn(x):
+    # Row-wise function plus a record of which rows this device actually processed.
+    return x * 3.0 + 1.0, x[:, 0]
+
+  def on_device(x):
+    out, seen = tstep._shuffled_across_devices(apply_fn, x, jax.random.key(3))
+    return out, seen
+
+  sharded = jax.jit(jax.shard_map(on_device, mesh=mesh, in_specs=P('data'),
+                                  out_specs=(P('data'), P('data'))))
+  out, seen = sharded(jax.device_put(frames, jax.sharding.NamedSharding(mesh, P('data'))))
+  np.testing.assert_array_equal(out, frames * 3.0 + 1.0)
+  seen = np.asarray(seen).reshape(n_dev, per_device)
+  own = np.arange(n_dev * per_device).reshape(n_dev, per_device) * 2.0
+  for d in range(n_dev):
+    # Every device got an equal share from each device, so at most 1/n of its own rows.
+    assert np.sort(seen[d]).tolist() != np.sort(own[d]).tolist()
+    sources = (seen[d] // 2).astype(int) // per_device
+    assert np.bincount(sources, minlength=n_dev).tolist() == [per_device // n_dev] * n_dev
+  assert sorted(seen.ravel().tolist()) == sorted(own.ravel().tolist())
+
+
+def test_queues_receive_gathered_keys_at_their_positions_and_wrap():
+  config = tiny_config(**{'model.online_bn': 'sync', 'model.key_bn': 'sync', 'batch_size': 8,
+                          'queue_size': 32})
+  state = ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0))
+  mesh = tstep.make_mesh(jax.devices()[:4])
+  keys_seen = {'inter': [], 'video': []}
+  model = ts.build_model(config.model)
+
+  # The keys the step must enqueue, recomputed independently on the whole global batch.
+  step = tstep.make_train_step(config, mesh, ts.make_optimizer(config, NUM_VIDEOS),
+                               ts.learning_rate_schedule(config, NUM_VIDEOS))
+  data = source(config)
+  state = tstep.replicate(state, mesh)
+  for i in range(3):
+    batch = data.batch(i)
+    ema = jax.device_get({'params': state.ema_params, 'batch_stats': state.ema_batch_stats})
+    b = config.batch_size
+    other_a = np.where(batch['anchor'] == 0, 1, 0)
+    other_b = np.where(batch['anchor'] == 2, 1, 2)
+    rows = np.arange(b)
+    inputs = np.concatenate([batch['x1'], batch['query_frames'][rows, other_a],
+                             batch['query_frames'][rows, other_b],
+                             batch['key_frames'].reshape((3 * b,) + batch['x1'].shape[1:])])
+    feats, _ = model.apply(ema, inputs, train=True, method='features', mutable=['batch_stats'])
+    frame = model.apply(ema, feats[:3 * b], method='frame_embeddings')
+    keys_seen['inter'].append(np.asarray(frame['inter']))  # k1, k2, k3 blocks in order
+    keys_seen['video'].append(np.asarray(model.apply(
+        ema, feats[3 * b:].reshape(b, 3, -1), method='video_embedding')))
+    state, _ = step(state, to_global(batch, mesh))
+  state = jax.device_get(state)
+  # Inter: 3 steps x 24 rows into 32 slots -> positions 0..71 mod 32; video: 3 x 8 rows.
+  inter_written = np.concatenate(keys_seen['inter'])
+  expected_inter = np.zeros((32, 128))
+  for position, row in enumerate(inter_written):
+    expected_inter[position % 32] = row
+  assert int(state.queue_inter_pos) == 72 % 32
+  np.testing.assert_allclose(state.queue_inter, expected_inter, atol=2e-5)
+  assert int(state.queue_video_pos) == 24
+  np.testing.assert_allclose(state.queue_video[:24], np.concatenate(keys_seen['video']), atol=2e-5)
+
+
+def test_queue_size_must_be_a_multiple_of_the_batch():
+  with pytest.raises(ValueError, match='queue_size=100 must be a multiple of config.batch_size=8'):
+    ts.check_queue_size(tiny_config(queue_size=100))
+
+
+def test_ema_after_a_step_mixes_old_key_and_new_online_weights():
+  config = tiny_config()
+  state0 = jax.device_get(ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0)))
+  # Make the key encoder differ from the online one so the mixture is visible.
+  state0 = state0.replace(ema_params=jax.tree.map(lambda x: x * 0.5 + 0.01, state0.ema_params))
+  state1, _ = run_steps(config, 1, 1, state=state0)
+  expected = jax.tree.map(lambda k, q: 0.999 * k + 0.001 * q, state0.ema_params, state1.params)
+  assert max_abs_diff(state1.ema_params, expected) < 1e-6
+  assert max_abs_diff(state1.params, state0.params) > 1e-4  # the online weights did move
+
+
+def test_learning_rate_schedule_matches_formula():
+  config = tiny_config(batch_size=8, num_epochs=10, **{'optim.warmup_epochs': 2,
+                                                       'optim.base_lr': 0.2})
+  num_videos = 40  # 5 steps per epoch: 10 warm-up steps, 40 cosine steps
+  schedule = ts.learning_rate_schedule(config, num_videos)
+  peak = 0.2 * 8 / 256
+  for step in (0, 3, 10, 25, 49, 50):
+    if step < 10:
+      expected = peak / 100 + (peak - peak / 100) * step / 10
+    else:
+      progress = (step - 10) / 40
+      expected = 1e-6 + (peak - 1e-6) * 0.5 * (1 + math.cos(math.pi * progress))
+    np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-5, err_msg=str(step))
+
+
+def test_sgd_matches_torch_style_momentum_and_weight_decay():
+  config = tiny_config(**{'optim.weight_decay': 0.1})
+  optimizer = ts.make_optimizer(config, NUM_VIDEOS)
+  params = {'w': jnp.array([1.0, -2.0])}
+  grads = {'w': jnp.array([0.5, 0.25])}
+  opt_state = optimizer.init(params)
+  lr = ts.learning_rate_schedule(config, NUM_VIDEOS)
+  buf = np.zeros(2)
+  p = np.array([1.0, -2.0])
+  for step in range(3):
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = jax.tree.map(lambda a, u: a + u, params, updates)
+    g = np.array([0.5, 0.25]) + 0.1 * p  # torch: d_p = grad + wd * p; buf = m * buf + d_p
+    buf = 0.9 * buf + g
+    p = p - float(lr(step)) * buf
+  np.testing.assert_allclose(params['w'], p, rtol=1e-6)
+
+
+def test_nonfinite_step_is_not_applied_but_counted():
+  config = tiny_config()
+  state0 = jax.device_get(ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0)))
+  bad = state0.replace(queue_video=np.full_like(state0.queue_video, np.nan))
+  state1, metrics = run_steps(config, 1, 1, state=bad)
+  assert metrics['skipped_nonfinite'] == 1.0
+  assert int(state1.step) == 1 and int(state1.nonfinite_in_a_row) == 1
+  assert int(state1.nonfinite_total) == 1
+  assert max_abs_diff(state1.params, state0.params) == 0.0
+  assert int(state1.queue_inter_pos) == 0
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  config = tiny_config(**{'model.compute_dtype': 'bfloat16'})
+  state, metrics = run_steps(config, 1, 1)
+  assert np.isfinite(metrics['loss'])
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))

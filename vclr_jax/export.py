@@ -1,0 +1,77 @@
+"""Exports a run's online encoder for PyTorch: torchvision, mmaction2 or safetensors weights.
+
+  python -m vclr_jax.export --workdir=RUN [--step=N] --format=torchvision --out=r50.pth
+
+With torch and torchvision installed, the export verifies itself: torchvision's ResNet loads the
+written file (strict) and must give the same pooled features as our model on random frames.
+See docs/interop.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping
+
+from absl import app, flags
+
+from vclr_jax.interop.exporting import FORMATS, export_encoder, export_metadata
+
+
+def export_and_verify(variables: Mapping, out: str, fmt: str, metadata: Mapping, *,
+                      verify: bool = True, image_size: int = 224):
+  """Writes the export and, where torch is installed, verifies it; returns the Verification
+  (None when not verified). Raises RuntimeError when the features disagree."""
+  for path in export_encoder(variables, out, fmt, metadata):
+    print(f'Wrote {path}')
+  if not verify:
+    return None
+  if not all(importlib.util.find_spec(m) for m in ('torch', 'torchvision')):
+    print('torch/torchvision not installed: export written but not verified.')
+    return None
+  from vclr_jax.interop.verification import verify_export
+  result = verify_export(out, fmt, variables, depth=metadata['depth'],
+                         width_multiplier=metadata['width_multiplier'], image_size=image_size)
+  print(f'Verified with torchvision {metadata["architecture"]} on random {image_size}px frames: '
+        f'max abs feature difference {result.max_abs_difference:.3g} '
+        f'(tolerance {result.tolerance:.3g}, features up to {result.max_abs_feature:.3g}).')
+  if not result.passed:
+    raise RuntimeError(f'{out}: torchvision features differ from ours by '
+                       f'{result.max_abs_difference:.3g} > {result.tolerance:.3g}; the export is '
+                       'wrong, do not use it (please report this with the command you ran).')
+  return result
+
+
+def export_run(workdir: str, step: int | None, fmt: str, out: str, *, verify: bool = True,
+               image_size: int = 224):
+  """Exports checkpoint ``step`` (latest if None) of the run in ``workdir``."""
+  from vclr_jax import checkpointing
+  variables, step = checkpointing.load_encoder_variables(workdir, step)
+  config = checkpointing.load_run_config(workdir)
+  metadata = export_metadata(depth=config.model.depth,
+                             width_multiplier=config.model.width_multiplier, step=step,
+                             source=os.path.abspath(workdir))
+  return export_and_verify(variables, out, fmt, metadata, verify=verify, image_size=image_size)
+
+
+def _define_flags():
+  # Defined only when run as a program, so importing this module adds no global flags that
+  # could clash with the trainer's.
+  flags.DEFINE_string('workdir', None, 'Run directory to export from.', required=True)
+  flags.DEFINE_integer('step', None, 'Checkpoint step; the latest if unset.')
+  flags.DEFINE_enum('format', 'torchvision', FORMATS, 'Layout of the written weights.')
+  flags.DEFINE_string('out', None, 'File to write.', required=True)
+  flags.DEFINE_bool('verify', True, 'Check the file against torchvision when torch is installed.')
+  flags.DEFINE_integer('verify_image_size', 224, 'Frame size of the verification forward pass.')
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  export_run(f.workdir, f.step, f.format, f.out, verify=f.verify,
+             image_size=f.verify_image_size)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,82 @@
+"""Writes the online encoder's backbone as torchvision, mmaction2 or safetensors weights.
+
+Every export records the input the weights expect (ImageNet mean/std on RGB frames scaled to
+[0, 1]) and where they came from: inside the file for mmaction2 (``meta``) and safetensors
+(header metadata), in a ``<out>.json`` beside a torchvision file (which stays a plain
+state dict that ``load_state_dict`` takes as is).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from vclr_jax.interop.torch_layout import backbone_state_dict, mmaction2_name
+from vclr_jax.models.resnet import feature_dim
+
+FORMATS = ('torchvision', 'mmaction2', 'safetensors')
+# REFERENCE.md: frames are RGB, scaled to [0, 1], then normalised with ImageNet statistics.
+INPUT_MEAN = (0.485, 0.456, 0.406)
+INPUT_STD = (0.229, 0.224, 0.225)
+
+
+def export_metadata(*, depth: int, width_multiplier: float, step: int | None,
+                    source: str) -> dict:
+  """What a user of the exported weights needs to know, as a flat JSON-able dict."""
+  return {
+      'exported_by': 'vclr_jax',
+      'encoder': 'online (query) encoder backbone, globally average-pooled features',
+      'architecture': f'resnet{depth}',
+      'depth': depth,
+      'width_multiplier': width_multiplier,
+      'feature_dim': feature_dim(depth, width_multiplier),
+      'step': step,
+      'source': source,
+      'input_channels': 'RGB',
+      'input_scale': 'pixel / 255, i.e. [0, 1], before mean/std',
+      'input_mean': list(INPUT_MEAN),
+      'input_std': list(INPUT_STD),
+      'input_layout': 'NCHW float32',
+  }
+
+
+def metadata_path(torchvision_out: str) -> str:
+  """Where the metadata of a torchvision export lives."""
+  return torchvision_out + '.json'
+
+
+def export_encoder(variables: Mapping, out: str, fmt: str, metadata: Mapping) -> list[str]:
+  """Writes the backbone of VCLR ``variables`` to ``out`` in format ``fmt``; returns the files.
+
+  Args:
+    variables: {'params': ..., 'batch_stats': ...} of a VCLR model (its 'backbone' is written).
+    out: the file to write; its folder is created.
+    fmt: one of FORMATS.
+    metadata: see ``export_metadata``.
+  """
+  if fmt not in FORMATS:
+    raise ValueError(f'--format must be one of {FORMATS}, got {fmt!r}.')
+  state = backbone_state_dict(variables)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  metadata = dict(metadata, key_layout=fmt)
+  if fmt == 'safetensors':
+    from safetensors.numpy import save_file
+    # safetensors metadata values must be strings.
+    save_file(state, out, metadata={k: json.dumps(v) for k, v in metadata.items()})
+    return [out]
+
+  import torch
+  tensors = {name: torch.from_numpy(np.array(value)) for name, value in state.items()}
+  if fmt == 'torchvision':
+    torch.save(tensors, out)
+    with open(metadata_path(out), 'w') as f:
+      json.dump(metadata, f, indent=2)
+    return [out, metadata_path(out)]
+  # mmaction2 loads {'state_dict', 'meta'} checkpoints; its ResNet names conv+bn pairs ConvModules.
+  torch.save({'state_dict': {'backbone.' + mmaction2_name(name): value
+                             for name, value in tensors.items()},
+              'meta': metadata}, out)
+  return [out]

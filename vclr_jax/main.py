@@ -1,0 +1,35 @@
+"""Pretrain VCLR: python -m vclr_jax.main --config=configs/k400.py --workdir=runs/k400.
+
+Any config value can be overridden on the command line (--config.batch_size=512). A run
+resumes by itself from the latest checkpoint in --workdir; on a multi-host pod pass
+--distributed so that every host joins one JAX job (jax.distributed.initialize()).
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from vclr_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, config.json, TensorBoard logs.')
+flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host pods).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.distributed:
+    jax.distributed.initialize()
+  logging.info('JAX %s on %d %s devices, process %d of %d.', jax.__version__, jax.device_count(),
+               jax.default_backend(), jax.process_index(), jax.process_count())
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,196 @@
+"""The pretraining loop: state creation or resume, data, the SPMD step, logging, checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+
+from vclr_jax import checkpointing
+from vclr_jax import global_batches
+from vclr_jax import train_state as train_state_lib
+from vclr_jax import train_step as train_step_lib
+from vclr_jax.in_memory_data import InMemoryVideos, make_videos
+
+PYTORCH_SUFFIXES = ('.pth', '.pt', '.tar', '.safetensors')
+IN_MEMORY_FRAMES = 16
+
+
+def num_train_videos(config: ml_collections.ConfigDict) -> int:
+  if config.data.source == 'in_memory':
+    return config.data.in_memory_videos
+  if config.data.source == 'records':
+    from input_pipeline import records  # TensorFlow only for real data
+    return records.read_index(config.data.records_dir, config.data.split)['num_videos']
+  raise ValueError(f"config.data.source must be 'records' or 'in_memory', got {config.data.source!r}.")
+
+
+def host_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+  """This host's share of every global batch from ``start_step`` on."""
+  per_host = config.batch_size // jax.process_count()
+  if config.data.source == 'in_memory':
+    videos = make_videos(config.data.in_memory_videos, IN_MEMORY_FRAMES,
+                         config.data.image_size * 5 // 4, config.seed)
+    return InMemoryVideos(videos, batch_size=per_host, image_size=config.data.image_size,
+                          seed=config.seed, process_index=jax.process_index(),
+                          process_count=jax.process_count()).iterate(start_step)
+  from input_pipeline import train_reader
+  return train_reader.make_train_iterator(
+      config.data.records_dir, config.data.split, batch_size=per_host,
+      image_size=config.data.image_size, seed=config.seed, start_step=start_step)
+
+
+def resolve_shuffle_bn_groups(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Turns shuffle_bn_groups_per_device=0 into max(1, 8 // devices) (see configs/k400.py)."""
+  if config.model.shuffle_bn_groups_per_device == 0:
+    config.model.shuffle_bn_groups_per_device = max(1, 8 // num_devices)
+
+
+def _check_same_structure(loaded, template, source: str) -> None:
+  flat_loaded = dict(jax.tree_util.tree_leaves_with_path(loaded))
+  flat_template = dict(jax.tree_util.tree_leaves_with_path(template))
+  missing = sorted(jax.tree_util.keystr(k) for k in flat_template.keys() - flat_loaded.keys())
+  unexpected = sorted(jax.tree_util.keystr(k) for k in flat_loaded.keys() - flat_template.keys())
+  if missing or unexpected:
+    raise ValueError(f'{source} does not match this model (config.model): missing {missing[:10]}, '
+                     f'unexpected {unexpected[:10]}.')
+  for key, value in flat_template.items():
+    if np.shape(flat_loaded[key]) != np.shape(value):
+      raise ValueError(f'{source}: {jax.tree_util.keystr(key)} has shape '
+                       f'{np.shape(flat_loaded[key])}, the model expects {np.shape(value)}.')
+
+
+def load_initial_weights(path: str, state: train_state_lib.TrainState) -> dict:
+  """{'params', 'batch_stats'} for the online network from a run, Orbax or PyTorch checkpoint."""
+  template = {'params': state.params, 'batch_stats': state.batch_stats}
+  if path.endswith(PYTORCH_SUFFIXES):
+    from vclr_jax.interop import load_pytorch_variables
+    variables = load_pytorch_variables(path, jax.device_get(template))
+  else:
+    variables, _ = checkpointing.load_encoder_variables(path)
+  _check_same_structure(variables, template, f'config.init_from={path}')
+  return variables
+
+
+def initial_state(config, num_videos: int, mesh) -> train_state_lib.TrainState:
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  create = jax.jit(lambda rng: train_state_lib.create_train_state(config, num_videos, rng),
+                   out_shardings=replicated)
+  state = create(jax.random.key(config.seed))
+  if config.init_from:
+    variables = train_step_lib.replicate(load_initial_weights(config.init_from, state), mesh)
+    state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'],
+                          ema_params=jax.tree.map(lambda x: x.copy(), variables['params']),
+                          ema_batch_stats=jax.tree.map(lambda x: x.copy(), variables['batch_stats']))
+    logging.info('Initialised the online and key encoders from %s', config.init_from)
+  return state
+
+
+class StopRequested:
+  """Turns SIGTERM/SIGINT into a flag so the loop can save before exiting."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _format_line(step, total, metrics, steps_per_sec, videos_per_sec, eta_seconds):
+  losses = ' '.join(f'{name} {metrics[f"loss_{name}"]:.3f}' for name in ('inter', 'intra', 'video', 'order'))
+  accs = ' '.join(f'{name} {metrics[f"{name}_acc"]:.2f}' for name in ('inter', 'intra', 'video', 'order'))
+  eta = time.strftime('%H:%M:%S', time.gmtime(eta_seconds)) if np.isfinite(eta_seconds) else '?'
+  return (f'step {step}/{total} | loss {metrics["loss"]:.4f} ({losses}) | acc {accs} | '
+          f'lr {metrics["learning_rate"]:.3g} | {steps_per_sec:.2f} steps/s, '
+          f'{videos_per_sec:.1f} videos/s | ETA {eta}')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (resuming from ``workdir`` if it holds a checkpoint); returns the last logged metrics."""
+  from clu import metric_writers  # imports TensorFlow for its summary writer
+
+  mesh = train_step_lib.make_mesh()
+  resolve_shuffle_bn_groups(config, mesh.size)
+  train_step_lib.check_divisibility(config, mesh.size)
+  if config.batch_size % jax.process_count():
+    raise ValueError(f'config.batch_size={config.batch_size} must divide over '
+                     f'{jax.process_count()} hosts.')
+  num_videos = num_train_videos(config)
+  steps_per_epoch = train_state_lib.steps_per_epoch(config, num_videos)
+  total_steps = int(config.num_epochs * steps_per_epoch)
+  learning_rate_fn = train_state_lib.learning_rate_schedule(config, num_videos)
+  optimizer = train_state_lib.make_optimizer(config, num_videos)
+
+  manager = checkpointing.make_manager(workdir, config.checkpoint)
+  state = initial_state(config, num_videos, mesh)
+  restored = checkpointing.restore_latest(manager, state)
+  if restored is not None:
+    state = restored
+    logging.info('Resumed from %s at step %d.', manager.directory, int(state.step))
+  checkpointing.write_run_config(workdir, config)
+  start_step = int(jax.device_get(state.step))
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
+  train_step = train_step_lib.make_train_step(config, mesh, optimizer, learning_rate_fn)
+  batches = global_batches.prefetch_to_mesh(host_batches(config, start_step), mesh,
+                                            config.data.prefetch_batches)
+  logging.info('Training %s steps (%d per epoch, %d devices, %d hosts) from step %d in %s.',
+               total_steps, steps_per_epoch, mesh.size, jax.process_count(), start_step, workdir)
+
+  stop = StopRequested()
+  pending, last_metrics, previous = [], {}, None
+  window_start, window_steps = time.time(), 0
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      state, metrics = train_step(state, next(batches))
+      # Reading the previous step's counter keeps one step in flight.
+      if previous is not None and int(previous) >= config.max_nonfinite_in_a_row:
+        raise FloatingPointError(
+            f'{int(previous)} steps in a row had a non-finite loss or gradient '
+            f'(config.max_nonfinite_in_a_row={config.max_nonfinite_in_a_row}); none of them was '
+            'applied. Lower config.optim.base_lr, try compute_dtype=float32, or check the data; '
+            'the last good state is in the latest checkpoint.')
+      previous = metrics['nonfinite_in_a_row']
+      pending.append(metrics)
+      window_steps += 1
+      if step % config.log_every_steps == 0 or step == total_steps:
+        means = {k: float(np.mean([float(m[k]) for m in jax.device_get(pending)]))
+                 for k in pending[0]}
+        means['nonfinite_total'] = float(jax.device_get(state.nonfinite_total))
+        elapsed = time.time() - window_start
+        steps_per_sec = window_steps / elapsed
+        means.update(steps_per_sec=steps_per_sec,
+                     videos_per_sec=steps_per_sec * config.batch_size)
+        writer.write_scalars(step, means)
+        logging.info(_format_line(step, total_steps, means, steps_per_sec,
+                                  means['videos_per_sec'], (total_steps - step) / steps_per_sec))
+        if means['skipped_nonfinite'] > 0:
+          logging.warning('%d of the last %d steps had a non-finite loss and were not applied.',
+                          round(means['skipped_nonfinite'] * len(pending)), len(pending))
+        last_metrics, pending = means, []
+        window_start, window_steps = time.time(), 0
+      checkpointing.save(manager, step, state)
+      if stop.signal:
+        logging.warning('%s received: saving step %d and exiting.', stop.signal, step)
+        break
+    checkpointing.save(manager, int(jax.device_get(state.step)), state, force=True)
+  finally:
+    manager.wait_until_finished()
+    stop.restore()
+    writer.flush()
+  return last_metrics

@@ -1,0 +1,130 @@
+"""The whole pretraining state as one pytree, the optimiser and the learning-rate schedule.
+
+Everything a run needs to continue bit-exactly lives in TrainState, so one Orbax save of it
+is a complete checkpoint: the online network, the EMA key encoder, SGD momentum, both
+negative queues with their write positions, the step, the RNG and the non-finite counters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from vclr_jax.models.vclr import VCLR
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  ema_params: Any
+  ema_batch_stats: Any
+  opt_state: Any
+  queue_inter: jax.Array
+  queue_video: jax.Array
+  queue_inter_pos: jax.Array
+  queue_video_pos: jax.Array
+  rng: jax.Array  # raw uint32 key data, so checkpoints hold a plain array
+  nonfinite_in_a_row: jax.Array
+  nonfinite_total: jax.Array
+
+
+def build_model(model_config: ml_collections.ConfigDict, *, bn_groups: int = 1,
+                bn_axis_name: str | None = None) -> VCLR:
+  """The VCLR module described by ``config.model``, with the given BatchNorm grouping."""
+  dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}.get(model_config.compute_dtype)
+  if dtype is None:
+    raise ValueError("config.model.compute_dtype must be 'float32' or 'bfloat16', got "
+                     f'{model_config.compute_dtype!r}.')
+  return VCLR(depth=model_config.depth, width_multiplier=model_config.width_multiplier,
+              embed_dim=model_config.embed_dim, order_norm=model_config.order_norm,
+              bn_groups=bn_groups, bn_axis_name=bn_axis_name, dtype=dtype)
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, num_train_videos: int) -> int:
+  steps = num_train_videos // config.batch_size
+  if steps < 1:
+    raise ValueError(f'config.batch_size={config.batch_size} is larger than the training set '
+                     f'({num_train_videos} videos): lower config.batch_size.')
+  return steps
+
+
+def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """The linear scaling rule of the released code: base_lr x global batch / 256."""
+  return config.optim.base_lr * config.batch_size / 256
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, num_train_videos: int):
+  """Linear warm-up from peak/100 to peak over warmup_epochs, then per-step cosine to final_lr."""
+  per_epoch = steps_per_epoch(config, num_train_videos)
+  peak = peak_learning_rate(config)
+  warmup_steps = int(config.optim.warmup_epochs * per_epoch)
+  total_steps = int(config.num_epochs * per_epoch)
+  if total_steps <= warmup_steps:
+    raise ValueError(f'config.num_epochs={config.num_epochs} must exceed '
+                     f'config.optim.warmup_epochs={config.optim.warmup_epochs}.')
+  warmup = optax.linear_schedule(peak / 100, peak, warmup_steps)
+  cosine = optax.cosine_decay_schedule(peak, total_steps - warmup_steps,
+                                       alpha=config.optim.final_lr / peak)
+  return optax.join_schedules([warmup, cosine], [warmup_steps])
+
+
+def make_optimizer(config: ml_collections.ConfigDict, num_train_videos: int):
+  """torch.optim.SGD(momentum, weight_decay) on every parameter: decay is added to the gradient."""
+  return optax.chain(
+      optax.add_decayed_weights(config.optim.weight_decay),
+      optax.sgd(learning_rate_schedule(config, num_train_videos),
+                momentum=config.optim.momentum, nesterov=False))
+
+
+def initial_queue(rng, size: int, dim: int) -> jax.Array:
+  """The reference's queue init: uniform in +-1/sqrt(dim / 3), not normalised."""
+  bound = 1.0 / jnp.sqrt(dim / 3.0)
+  return jax.random.uniform(rng, (size, dim), jnp.float32, -bound, bound)
+
+
+def check_queue_size(config: ml_collections.ConfigDict) -> None:
+  """Each queue is written in blocks of the global batch; a block must never straddle the end."""
+  if config.queue_size % config.batch_size:
+    raise ValueError(
+        f'config.queue_size={config.queue_size} must be a multiple of config.batch_size='
+        f'{config.batch_size}: every step writes the gathered keys in blocks of the global batch '
+        '(k1, k2, k3 into the inter queue, k_v into the video queue). Pick e.g. queue_size='
+        f'{max(1, config.queue_size // config.batch_size) * config.batch_size}.')
+
+
+def create_train_state(config: ml_collections.ConfigDict, num_train_videos: int,
+                       rng: jax.Array) -> TrainState:
+  """A fresh state: random init (torchvision's), EMA = online, queues as the reference.
+
+  ``rng`` is a typed key (jax.random.key).
+  """
+  check_queue_size(config)
+  model = build_model(config.model)
+  init_rng, inter_rng, video_rng, state_rng = jax.random.split(rng, 4)
+  size = config.data.image_size
+  variables = model.init(init_rng, jnp.zeros((1, 3, size, size, 3), jnp.float32), train=False)
+  params, batch_stats = variables['params'], variables['batch_stats']
+  optimizer = make_optimizer(config, num_train_videos)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=batch_stats,
+      # Copies, so that donating the state never hands XLA one buffer twice.
+      ema_params=jax.tree.map(jnp.copy, params),
+      ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
+      opt_state=optimizer.init(params),
+      queue_inter=initial_queue(inter_rng, config.queue_size, config.model.embed_dim),
+      queue_video=initial_queue(video_rng, config.queue_size, config.model.embed_dim),
+      queue_inter_pos=jnp.zeros((), jnp.int32),
+      queue_video_pos=jnp.zeros((), jnp.int32),
+      rng=jax.random.key_data(state_rng),
+      nonfinite_in_a_row=jnp.zeros((), jnp.int32),
+      nonfinite_total=jnp.zeros((), jnp.int32),
+  )

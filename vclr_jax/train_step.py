@@ -1,0 +1,239 @@
+"""The data-parallel VCLR train step: SPMD code over the 1-D ``data`` mesh under jax.shard_map.
+
+Per device, one step
+1. encodes [x1, x2, x3, key tuple] with the EMA key encoder (shuffle-BN or SyncBN), giving
+   the keys k1, k2, k3 (inter and intra heads), the video key and the key order embeddings;
+2. encodes the query tuple with the online encoder (per-device BN or SyncBN); the anchor
+   xq is one of the tuple's frames, so its features come from the same forward pass;
+3. takes the gradient of the global-batch mean of inter + intra + video + order losses
+   (weighted by config.loss) and applies SGD;
+4. moves the EMA encoder towards the new online weights and writes the gathered keys into
+   the queues;
+5. keeps the old state (but the step and counters) when the loss or gradient is not finite.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vclr_jax import losses
+from vclr_jax.train_state import TrainState, build_model
+
+DATA_AXIS = 'data'
+BN_MODES = {'online_bn': ('per_device', 'sync'), 'key_bn': ('shuffle', 'sync')}
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D data mesh over ``devices`` (default: every device of every host)."""
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+def check_bn_config(model_config: ml_collections.ConfigDict) -> None:
+  for key, allowed in BN_MODES.items():
+    if model_config[key] not in allowed:
+      raise ValueError(f'config.model.{key} must be one of {allowed}, got {model_config[key]!r}.')
+
+
+def _shuffled_across_devices(apply_fn, frames, rng):
+  """Runs ``apply_fn`` on frames shuffled over all devices and returns rows in input order.
+
+  Each device permutes its frames, sends an equal slice to every device (all_to_all), runs
+  the key encoder on the mixed batch, and the outputs travel back the same way. A key is
+  therefore normalised together with frames of other devices' examples, never with the
+  batch its query's BN statistics came from (MoCo's shuffle-BN), while every frame is sent
+  exactly once. On one device the mixing comes from BatchNorm groups over the permuted batch.
+  """
+  num_devices = jax.lax.axis_size(DATA_AXIS)
+  n = frames.shape[0]
+  perm = jax.random.permutation(jax.random.fold_in(rng, jax.lax.axis_index(DATA_AXIS)), n)
+  mixed = jax.lax.all_to_all(frames[perm].reshape((num_devices, n // num_devices) + frames.shape[1:]),
+                             DATA_AXIS, 0, 0)
+  outputs, aux = apply_fn(mixed.reshape(frames.shape))
+  back = jax.lax.all_to_all(outputs.reshape((num_devices, n // num_devices) + outputs.shape[1:]),
+                            DATA_AXIS, 0, 0).reshape(outputs.shape)
+  return jnp.zeros_like(back).at[perm].set(back), aux
+
+
+def _other_segments(anchor):
+  """Indices of x2 and x3: the two segments other than the anchor's, in temporal order."""
+  return jnp.where(anchor == 0, 1, 0), jnp.where(anchor == 2, 1, 2)
+
+
+def _rows(x, index):
+  return x[jnp.arange(x.shape[0]), index]
+
+
+def _in_shown_order(embeddings, perm):
+  """(B, 3, D) per-frame embeddings reordered as the tuple was shown: row b is embeddings[b, perm[b]]."""
+  return jnp.take_along_axis(embeddings, perm[..., None], axis=1)
+
+
+def _gathered(x):
+  """All devices' rows of x, device-major, as one value every device holds identically.
+
+  Placing the local rows in a zero buffer and summing over devices gives the same rows as
+  an all-gather, with a result the shard_map type system knows is replicated.
+  """
+  rows = x.shape[0]
+  buffer = jnp.zeros((jax.lax.axis_size(DATA_AXIS) * rows,) + x.shape[1:], x.dtype)
+  buffer = jax.lax.dynamic_update_slice_in_dim(buffer, x, jax.lax.axis_index(DATA_AXIS) * rows, 0)
+  return jax.lax.psum(buffer, DATA_AXIS)
+
+
+def _enqueue(queue, position, blocks):
+  """Writes each (global batch, D) block at ``position`` in turn, wrapping at the queue's end."""
+  for block in blocks:
+    queue = jax.lax.dynamic_update_slice(queue, block.astype(queue.dtype), (position, 0))
+    position = (position + block.shape[0]) % queue.shape[0]
+  return queue, position
+
+
+def _key_encoder_outputs(key_model, state, batch, rng, shuffle: bool):
+  """EMA-encoder embeddings of x1, x2, x3 and the key tuple, and its updated BN statistics."""
+  frames, anchor = batch['query_frames'], batch['anchor']
+  other_a, other_b = _other_segments(anchor)
+  b = anchor.shape[0]
+  key_tuple = batch['key_frames']
+  inputs = jnp.concatenate([batch['x1'], _rows(frames, other_a), _rows(frames, other_b),
+                            key_tuple.reshape((3 * b,) + key_tuple.shape[2:])])
+  variables = {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}
+
+  def features(x):
+    feats, mutated = key_model.apply(variables, x, train=True, method='features',
+                                     mutable=['batch_stats'])
+    return feats, mutated['batch_stats']
+
+  if shuffle:
+    feats, batch_stats = _shuffled_across_devices(features, inputs, rng)
+  else:
+    feats, batch_stats = features(inputs)
+
+  def heads(module, feats):
+    frame = module.frame_embeddings(feats[:3 * b])
+    tuple_features = feats[3 * b:].reshape(b, 3, -1)
+    return dict(
+        inter=jnp.split(frame['inter'], 3), intra=jnp.split(frame['intra'], 3),
+        video=module.video_embedding(tuple_features),
+        order=_in_shown_order(module.order_embeddings(tuple_features), batch['key_perm']))
+
+  keys = key_model.apply({'params': state.ema_params}, feats, method=heads)
+  return jax.lax.stop_gradient(keys), batch_stats
+
+
+def _online_loss(params, online_model, state, batch, keys, queues, loss_config):
+  """Weighted sum of the four losses for the online encoder, with metrics and new BN stats."""
+  frames, anchor = batch['query_frames'], batch['anchor']
+  b = anchor.shape[0]
+
+  def forward(module):
+    feats = module.features(frames.reshape((3 * b,) + frames.shape[2:]), train=True)
+    tuple_features = feats.reshape(b, 3, -1)
+    frame = module.frame_embeddings(_rows(tuple_features, anchor))
+    order = _in_shown_order(module.order_embeddings(tuple_features), batch['query_perm'])
+    return dict(frame, video=module.video_embedding(tuple_features),
+                order_logits=module.order_logits(order, keys['order']))
+
+  out, mutated = online_model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                    method=forward, mutable=['batch_stats'])
+  queue_inter, queue_video = queues
+  t = loss_config.temperature
+  terms, metrics = {}, {}
+  terms['inter'], m = losses.inter_frame_loss(out['inter'], *keys['inter'], queue_inter, t)
+  metrics.update(m)
+  terms['intra'], m = losses.intra_frame_loss(out['intra'], *keys['intra'], t)
+  metrics.update(m)
+  terms['video'], m = losses.video_loss(out['video'], keys['video'], queue_video, t)
+  metrics.update(m)
+  terms['order'], m = losses.order_loss(out['order_logits'], batch['order_label'])
+  metrics.update(m)
+  metrics.update({f'loss_{name}': value for name, value in terms.items()})
+  # Averaging over devices here makes the loss the global-batch mean, so its gradient with
+  # respect to the replicated parameters is already the global gradient (shard_map sums
+  # the per-device contributions of a replicated input).
+  metrics = jax.lax.pmean(metrics, DATA_AXIS)
+  total = sum(loss_config.weights[name] * metrics[f'loss_{name}'] for name in terms)
+  metrics['loss'] = total
+  return total, (metrics, mutated['batch_stats'])
+
+
+def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, learning_rate_fn):
+  """The jitted step ``(state, batch) -> (state, metrics)``; the state is donated.
+
+  ``batch`` holds global arrays sharded over the mesh's data axis (vclr_jax/batch.py);
+  every returned metric is a replicated scalar averaged over the global batch.
+  """
+  check_bn_config(config.model)
+  shuffle = config.model.key_bn == 'shuffle'
+  online_model = build_model(
+      config.model, bn_axis_name=DATA_AXIS if config.model.online_bn == 'sync' else None)
+  key_model = build_model(
+      config.model, bn_groups=config.model.shuffle_bn_groups_per_device if shuffle else 1,
+      bn_axis_name=None if shuffle else DATA_AXIS)
+  momentum = config.ema_momentum
+
+  def step_on_device(state: TrainState, batch):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    keys, ema_batch_stats = _key_encoder_outputs(key_model, state, batch, rng, shuffle)
+    queues = (state.queue_inter, state.queue_video)
+    grad_fn = jax.grad(_online_loss, has_aux=True)
+    grads, (metrics, batch_stats) = grad_fn(state.params, online_model, state, batch, keys,
+                                            queues, config.loss)
+    batch_stats, ema_batch_stats = jax.lax.pmean((batch_stats, ema_batch_stats), DATA_AXIS)
+
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = jax.tree.map(lambda k, q: momentum * k + (1 - momentum) * q,
+                              state.ema_params, params)
+    queue_inter, inter_pos = _enqueue(state.queue_inter, state.queue_inter_pos,
+                                      [_gathered(k) for k in keys['inter']])
+    queue_video, video_pos = _enqueue(state.queue_video, state.queue_video_pos,
+                                      [_gathered(keys['video'])])
+
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
+    updated = state.replace(
+        params=params, batch_stats=batch_stats, ema_params=ema_params,
+        ema_batch_stats=ema_batch_stats, opt_state=opt_state,
+        queue_inter=queue_inter, queue_video=queue_video,
+        queue_inter_pos=inter_pos, queue_video_pos=video_pos)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    new_state = new_state.replace(
+        step=state.step + 1,
+        nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
+        nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+    metrics.update(grad_norm=grad_norm, learning_rate=learning_rate_fn(state.step),
+                   skipped_nonfinite=(~finite).astype(jnp.float32),
+                   nonfinite_in_a_row=new_state.nonfinite_in_a_row)
+    return new_state, metrics
+
+  sharded = jax.shard_map(step_on_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+                          out_specs=(P(), P()))
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+def replicate(tree, mesh: Mesh):
+  """Places a pytree on every device of the mesh, unsharded."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def check_divisibility(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Errors for batch sizes that the step's reshapes and all_to_all cannot split evenly."""
+  if config.batch_size % num_devices:
+    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the number of '
+                     f'devices ({num_devices}).')
+  per_device = config.batch_size // num_devices
+  if config.model.key_bn == 'shuffle':
+    # 6 key frames per example are split over devices, then into BN groups.
+    groups = config.model.shuffle_bn_groups_per_device
+    if (6 * per_device) % (num_devices * groups):
+      raise ValueError(
+          f'Shuffle-BN splits the 6 x {per_device} key frames of a device into {num_devices} '
+          f'devices x {groups} groups (config.model.shuffle_bn_groups_per_device): choose a '
+          'config.batch_size or group count that divides evenly.')
+
