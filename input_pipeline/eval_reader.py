@@ -1,0 +1,103 @@
+"""Evaluation reader: N uniformly spaced, centre-cropped frames per video, every video once.
+
+Used for feature extraction (linear probe, retrieval: 30 frames) and for TSN testing (25 or 8
+frames). Hosts read disjoint shards; every host yields the same number of batches (padded with
+masked-out examples) so that collective ops in the consumer stay in step.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from input_pipeline import augment
+from input_pipeline import record_stream
+from input_pipeline import records
+
+PADDING_INDEX = -1  # label and video_index of padding examples.
+
+
+def uniform_frame_indices(num_frames, count: int):
+  """0-based indices of round(linspace(1, F, count)) (1-based, as the reference), int32.
+
+  Rounding is half to even, like NumPy's.
+  """
+  positions = tf.linspace(tf.constant(1.0, tf.float64), tf.cast(num_frames, tf.float64), count)
+  return tf.cast(tf.round(positions), tf.int32) - 1
+
+
+def center_crop(images, crop_size: int, resize_short_side: int | None):
+  """(N, H, W, 3) uint8 -> (N, crop, crop, 3) float32 in [0, 1].
+
+  Without ``resize_short_side`` frames are cropped as they are (the reference crops 224 out of
+  340x256); frames smaller than the crop are padded with black. With it, frames are first
+  resized (bilinear, antialiased) so that their short side has that many pixels.
+  """
+  images = tf.cast(images, tf.float32) / 255.0
+  if resize_short_side:
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    scale = resize_short_side / tf.cast(tf.minimum(height, width), tf.float32)
+    new_size = tf.cast(tf.round(tf.cast(tf.stack([height, width]), tf.float32) * scale),
+                       tf.int32)
+    images = tf.image.resize(images, new_size, method='bilinear', antialias=True)
+  return tf.image.resize_with_crop_or_pad(images, crop_size, crop_size)
+
+
+def make_eval_example(serialized, num_frames: int, crop_size: int,
+                      resize_short_side: int | None):
+  video = records.parse_video(serialized)
+  indices = uniform_frame_indices(tf.shape(video['frames'])[0], num_frames)
+  images = augment.decode_frames(tf.gather(video['frames'], indices))
+  return {
+      'frames': augment.normalize(center_crop(images, crop_size, resize_short_side)),
+      'label': video['label'],
+      'video_index': video['video_index'],
+      'mask': tf.constant(True),
+  }
+
+
+def num_eval_batches(records_dir: str, split: str, *, batch_size: int,
+                     process_count: int | None = None) -> int:
+  """Batches every host yields: enough for the host with the most videos."""
+  _, process_count = record_stream.resolve_process(None, process_count)
+  shards = records.read_index(records_dir, split)['shards']
+  most = max(sum(s['num_videos'] for s in shards[i::process_count])
+             for i in range(process_count))
+  return -(-most // batch_size)
+
+
+def make_eval_iterator(records_dir: str, split: str, *, batch_size: int, num_frames: int = 30,
+                       crop_size: int = 224, resize_short_side: int | None = None,
+                       process_index: int | None = None, process_count: int | None = None,
+                       num_parallel_calls: int = tf.data.AUTOTUNE
+                       ) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over the split in fixed-size batches, in shard order.
+
+  Yields ``num_eval_batches(...)`` dicts: 'frames' (b, num_frames, crop, crop, 3) float32
+  ImageNet-normalised, 'label' (b,) int32 (-1 for unlabelled data and padding),
+  'video_index' (b,) int32 (the video's position in the split's list; -1 for padding),
+  'mask' (b,) bool (False for padding). Across hosts every video appears exactly once.
+  """
+  shards, process_index, process_count = record_stream.host_shards(
+      records_dir, split, process_index, process_count)
+  num_batches = num_eval_batches(records_dir, split, batch_size=batch_size,
+                                 process_count=process_count)
+  host_videos = sum(shard['num_videos'] for shard in shards)
+  padding = {
+      'frames': tf.zeros([num_frames, crop_size, crop_size, 3]),
+      'label': tf.constant(PADDING_INDEX),
+      'video_index': tf.constant(PADDING_INDEX),
+      'mask': tf.constant(False),
+  }
+  videos = (tf.data.TFRecordDataset(tf.constant([shard['path'] for shard in shards], tf.string))
+            .map(lambda serialized: make_eval_example(
+                serialized, num_frames, crop_size, resize_short_side),
+                 num_parallel_calls=num_parallel_calls, deterministic=True))
+  return (videos
+          .concatenate(tf.data.Dataset.from_tensors(padding).repeat(
+              num_batches * batch_size - host_videos))
+          .batch(batch_size, drop_remainder=True)
+          .prefetch(2)
+          .as_numpy_iterator())

@@ -1,0 +1,122 @@
+"""The prepared-records format: feature names, SequenceExample (de)serialisation, index files.
+
+Layout written by ``input_pipeline.prepare`` (one directory per split)::
+
+  RECORDS/<split>/shard-00000-of-00008.tfrecord   # tf.train.SequenceExample records
+  RECORDS/<split>/shard-00000-of-00008.json       # per-shard summary, marks the shard finished
+  RECORDS/<split>/index.json                      # the split's index (read_index)
+  RECORDS/<split>/skipped.tsv                     # inputs that were skipped, with the reason
+
+Every record is one video, DMVR convention: one JPEG per frame in the feature list
+``image/encoded``; the context holds the label and what is needed to trace a record back to
+its source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+IMAGE_KEY = 'image/encoded'
+LABEL_INDEX_KEY = 'clip/label/index'
+LABEL_STRING_KEY = 'clip/label/string'
+FILENAME_KEY = 'video/filename'
+VIDEO_INDEX_KEY = 'video/index'
+NUM_FRAMES_KEY = 'video/num_frames'
+FPS_KEY = 'video/fps'
+HEIGHT_KEY = 'video/height'
+WIDTH_KEY = 'video/width'
+
+UNLABELLED = -1
+INDEX_FILENAME = 'index.json'
+SKIPPED_FILENAME = 'skipped.tsv'
+
+
+def shard_filename(shard: int, num_shards: int) -> str:
+  return f'shard-{shard:05d}-of-{num_shards:05d}.tfrecord'
+
+
+def split_dir(records_dir: str, split: str) -> str:
+  return os.path.join(records_dir, split)
+
+
+def serialize_video(*, jpeg_frames: list[bytes], label_index: int, label_string: str,
+                    filename: str, video_index: int, fps: float, height: int,
+                    width: int) -> bytes:
+  """One video as a serialised tf.train.SequenceExample."""
+  import tensorflow as tf  # Only preparation workers and readers pay for the import.
+
+  def int_feature(value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+  def bytes_feature(value):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+  context = tf.train.Features(feature={
+      LABEL_INDEX_KEY: int_feature(label_index),
+      LABEL_STRING_KEY: bytes_feature(label_string.encode()),
+      FILENAME_KEY: bytes_feature(filename.encode()),
+      VIDEO_INDEX_KEY: int_feature(video_index),
+      NUM_FRAMES_KEY: int_feature(len(jpeg_frames)),
+      FPS_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=[fps])),
+      HEIGHT_KEY: int_feature(height),
+      WIDTH_KEY: int_feature(width),
+  })
+  frames = tf.train.FeatureList(feature=[bytes_feature(jpeg) for jpeg in jpeg_frames])
+  example = tf.train.SequenceExample(
+      context=context, feature_lists=tf.train.FeatureLists(feature_list={IMAGE_KEY: frames}))
+  return example.SerializeToString()
+
+
+def parse_video(serialized):
+  """Parses one serialised record (a scalar string tensor) into a dict of tensors.
+
+  ``frames`` is the (F,) string tensor of JPEGs, still encoded: readers gather the few frames
+  they need before decoding.
+  """
+  import tensorflow as tf
+  context, sequence = tf.io.parse_single_sequence_example(
+      serialized,
+      context_features={
+          LABEL_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64),
+          VIDEO_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64),
+      },
+      sequence_features={IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string)})
+  return {
+      'frames': sequence[IMAGE_KEY],
+      'label': tf.cast(context[LABEL_INDEX_KEY], tf.int32),
+      'video_index': tf.cast(context[VIDEO_INDEX_KEY], tf.int32),
+  }
+
+
+def read_index(records_dir: str, split: str) -> dict[str, Any]:
+  """The index of one prepared split.
+
+  Returns the dict written by preparation, with at least ``num_videos``, ``num_classes``,
+  ``class_names`` (list, position = label index; empty for unlabelled data), ``num_frames``
+  (total over the split) and ``shards``: a list of ``{'path': absolute path, 'num_videos': n,
+  'num_frames': total frames}`` in shard order.
+  """
+  path = os.path.join(split_dir(records_dir, split), INDEX_FILENAME)
+  if not os.path.exists(path):
+    available = sorted(
+        name for name in (os.listdir(records_dir) if os.path.isdir(records_dir) else [])
+        if os.path.exists(os.path.join(records_dir, name, INDEX_FILENAME)))
+    raise FileNotFoundError(
+        f'No index for split {split!r}: {path} does not exist. Prepared splits in '
+        f'{records_dir}: {available or "none"}. Run `python -m input_pipeline.prepare` '
+        f'with --out={records_dir} --splits={split} first.')
+  with open(path) as f:
+    index = json.load(f)
+  for shard in index['shards']:
+    shard['path'] = os.path.join(split_dir(records_dir, split), shard['path'])
+  return index
+
+
+def write_json_atomically(path: str, payload: Any) -> None:
+  """Writes JSON through a temporary file so that a killed run never leaves half a file."""
+  tmp_path = path + '.tmp'
+  with open(tmp_path, 'w') as f:
+    json.dump(payload, f, indent=1)
+  os.replace(tmp_path, path)
