@@ -1,9 +1,11 @@
 """The demo: VCLR on the embedded synthetic video dataset, a few minutes on 2 CPU cores.
 
   python -m input_pipeline.synthetic --out=data/synthetic
+  python -m input_pipeline.prepare --source=list --root=data/synthetic --splits=train,test \
+      --out=data/synthetic_records
   python -m vclr_jax.main --config=configs/demo.py --workdir=runs/demo
 
-Same method as configs/k400.py at toy scale: a ResNet-18 of 1/8 width (16 channels in
+Same method as configs/k400.py at toy scale: a quarter-width ResNet-18 (16 channels in
 the stem), 96 px crops, batch 32, small queues.
 """
 
@@ -14,7 +16,7 @@ from configs import k400
 
 def get_config() -> ml_collections.ConfigDict:
   config = k400.get_config()
-  config.data.records_dir = 'data/synthetic/records'
+  config.data.records_dir = 'data/synthetic_records'
   config.data.image_size = 96
   config.batch_size = 32
   config.num_epochs = 30

@@ -144,7 +144,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpointing.write_run_config(workdir, config)
   start_step = int(jax.device_get(state.step))
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  # TensorBoard on the first host only; the readable log line below replaces clu's logging writer.
+  writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir)) \
+      if jax.process_index() == 0 else metric_writers.MultiWriter([])
   writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
   train_step = train_step_lib.make_train_step(config, mesh, optimizer, learning_rate_fn)
   batches = global_batches.prefetch_to_mesh(host_batches(config, start_step), mesh,

@@ -1,0 +1,123 @@
+"""Throughput of the real VCLR train step on whatever devices are present.
+
+  python benchmarks/train_step.py --config=configs/k400.py --config.batch_size=64 \
+      --config.model.compute_dtype=bfloat16 --steps=20
+
+Compiles the SPMD step of vclr_jax.train_step for the config, feeds it batches already in
+device memory (random frames in the layout of vclr_jax/batch.py; no TensorFlow, no input
+pipeline), and prints videos/s, frames/s through each encoder (3 per video online, 6 per
+video through the EMA key encoder), and achieved TFLOP/s with model FLOPs utilisation
+against the device's peak. FLOPs come from XLA's cost analysis of the compiled step.
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from vclr_jax import batch as batch_layout  # noqa: E402
+from vclr_jax import train_state as ts  # noqa: E402
+from vclr_jax import train_step as tstep  # noqa: E402
+from vclr_jax.global_batches import to_global  # noqa: E402
+from vclr_jax.train import resolve_shuffle_bn_groups  # noqa: E402
+
+config_flags.DEFINE_config_file('config', 'configs/k400.py', 'Experiment config.')
+flags.DEFINE_integer('steps', 20, 'Timed steps (after one compile-and-warm-up step).')
+flags.DEFINE_integer('num_videos', 241_190, 'Dataset size for the schedule (K400 train).')
+flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s of one device; 0 looks it up by device kind.')
+FLAGS = flags.FLAGS
+
+# Dense peak TFLOP/s per device: bfloat16, and float32 as XLA runs it by default
+# (TF32 tensor cores on NVIDIA, bf16 passes on TPU).
+PEAK_TFLOPS = {
+    'H200': {'bfloat16': 989.0, 'float32': 494.7},
+    'H100': {'bfloat16': 989.0, 'float32': 494.7},
+    'A100': {'bfloat16': 312.0, 'float32': 156.0},
+    'TPU v4': {'bfloat16': 275.0, 'float32': 275.0},
+    'TPU v5 lite': {'bfloat16': 197.0, 'float32': 197.0},
+    'TPU v5p': {'bfloat16': 459.0, 'float32': 459.0},
+    'TPU v6 lite': {'bfloat16': 918.0, 'float32': 918.0},
+}
+
+
+def device_peak_tflops(dtype: str) -> float | None:
+  if FLAGS.peak_tflops:
+    return FLAGS.peak_tflops
+  kind = jax.devices()[0].device_kind
+  for name, peaks in PEAK_TFLOPS.items():
+    if name.lower() in kind.lower():
+      return peaks[dtype]
+  return None
+
+
+def random_host_batch(batch_size: int, image_size: int, seed: int) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  shapes = batch_layout.batch_shapes(batch_size, image_size)
+  batch = {name: rng.standard_normal(shape, dtype=np.float32)
+           for name, (shape, dtype) in shapes.items() if dtype == np.float32}
+  batch['anchor'] = 2 * rng.integers(0, 2, batch_size).astype(np.int32)
+  batch['query_perm'] = batch_layout.SHUFFLES[rng.integers(0, 4, batch_size)]
+  batch['key_perm'] = np.tile(batch_layout.IDENTITY, (batch_size, 1))
+  batch['order_label'] = batch_layout.order_label(batch['query_perm'], batch['key_perm'])
+  return batch
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  mesh = tstep.make_mesh()
+  resolve_shuffle_bn_groups(config, mesh.size)
+  tstep.check_divisibility(config, mesh.size)
+  ts.check_queue_size(config)
+  per_host = config.batch_size // jax.process_count()
+  batches = [to_global(random_host_batch(per_host, config.data.image_size, seed), mesh)
+             for seed in range(2)]
+  create = jax.jit(lambda rng: ts.create_train_state(config, FLAGS.num_videos, rng),
+                   out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  state = create(jax.random.key(0))
+  step = tstep.make_train_step(config, mesh, ts.make_optimizer(config, FLAGS.num_videos),
+                               ts.learning_rate_schedule(config, FLAGS.num_videos))
+
+  start = time.perf_counter()
+  compiled = step.lower(state, batches[0]).compile()
+  compile_seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # The compiled module is the per-device SPMD program.
+  flops_per_step = float(cost.get('flops', 0.0)) * mesh.size
+
+  state, metrics = compiled(state, batches[0])
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for i in range(FLAGS.steps):
+    state, metrics = compiled(state, batches[i % 2])
+  jax.block_until_ready((state, metrics))
+  seconds = (time.perf_counter() - start) / FLAGS.steps
+
+  videos_per_sec = config.batch_size / seconds
+  achieved = flops_per_step / seconds / 1e12
+  peak = device_peak_tflops(config.model.compute_dtype)
+  print(f'devices: {mesh.size} x {jax.devices()[0].device_kind} ({jax.default_backend()}), '
+        f'JAX {jax.__version__}')
+  print(f'model: ResNet-{config.model.depth} x{config.model.width_multiplier}, '
+        f'{config.data.image_size} px, {config.model.compute_dtype}, global batch '
+        f'{config.batch_size}, online BN {config.model.online_bn}, key BN {config.model.key_bn}')
+  print(f'compile: {compile_seconds:.1f} s; step: {seconds * 1e3:.1f} ms over {FLAGS.steps} steps')
+  print(f'videos/s: {videos_per_sec:.1f}')
+  print(f'frames/s: online encoder {3 * videos_per_sec:.1f}, key encoder {6 * videos_per_sec:.1f}')
+  mfu = f'{100 * achieved / (peak * mesh.size):.1f}% of {peak:.0f} TFLOP/s per device' if peak \
+      else 'n/a (unknown device peak: pass --peak_tflops)'
+  print(f'XLA FLOPs per step: {flops_per_step / 1e12:.3f} TFLOP; achieved {achieved:.2f} TFLOP/s; '
+        f'MFU {mfu}')
+  print(f'final loss {float(metrics["loss"]):.4f} (finite: {np.isfinite(float(metrics["loss"]))})')
+
+
+if __name__ == '__main__':
+  app.run(main)

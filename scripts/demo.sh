@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The demo: make the embedded synthetic video dataset, prepare it into records, pretrain VCLR
+# on it (configs/demo.py) and evaluate the result. A few minutes on 2 CPU cores.
+# Rerunning continues where it stopped: preparation keeps finished shards, training resumes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-data}
+RUN=${RUN:-runs/demo}
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+
+[ -f "$DATA/synthetic/train.txt" ] || python -m input_pipeline.synthetic --out="$DATA/synthetic"
+python -m input_pipeline.prepare --source=list --root="$DATA/synthetic" --splits=train,test \
+    --out="$DATA/synthetic_records"
+python -m vclr_jax.main --config=configs/demo.py --workdir="$RUN" \
+    --config.data.records_dir="$DATA/synthetic_records"
