@@ -5,7 +5,6 @@ Importing this package does not import torch; only reading .pth files and export
 verification do.
 """
 
-from vclr_jax.interop.checkpoint_layouts import is_pytorch_file
 from vclr_jax.interop.loading import load_pytorch_variables
 
-__all__ = ['is_pytorch_file', 'load_pytorch_variables']
+__all__ = ['load_pytorch_variables']

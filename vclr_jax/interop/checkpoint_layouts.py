@@ -26,12 +26,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vclr_jax.interop.torch_layout import (BN_COUNTER, HEAD_MODULES, torchvision_name_from_mmaction2)
+from vclr_jax.interop.torch_layout import (BN_COUNTER, HEAD_MODULES,
+                                           torchvision_name_from_mmaction2)
 
 TORCH_SUFFIXES = ('.pth', '.pt', '.tar')
 SAFETENSORS_SUFFIX = '.safetensors'
 
 _MOCO_QUERY_PREFIX = 'module.encoder_q.'
+_MMACTION2_PREFIX = 'backbone.'
 _MOCO_PROJECTION = ('fc.0.weight', 'fc.0.bias', 'fc.2.weight', 'fc.2.bias')
 _TORCHVISION_CLASSIFIER = ('fc.weight', 'fc.bias')
 
@@ -52,11 +54,6 @@ class TorchWeights:
   tensors: dict[str, np.ndarray]
   sources: dict[str, str]
   ignored: dict[str, list[str]]
-
-
-def is_pytorch_file(path: str) -> bool:
-  """Whether ``path`` names a file this module reads (the rest, e.g. Orbax dirs, are not ours)."""
-  return str(path).endswith(TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,))
 
 
 def read_torch_weights(path: str) -> TorchWeights:
@@ -108,38 +105,8 @@ def _recognise(path: str, contents) -> TorchWeights:
   if not isinstance(contents, Mapping):
     raise ValueError(f'{path}: expected a dict of tensors, found a {type(contents).__name__}.')
   ignored = {}
-  if isinstance(contents.get('model'), Mapping):
-    ignored['reference checkpoint entries other than model'] = [
-        k for k in contents if k != 'model']
-    state = contents['model']
-  elif isinstance(contents.get('state_dict'), Mapping):
-    state = contents['state_dict']
-  else:
-    state = contents
-
-  keys = list(state)
-  if any(k.startswith(_MOCO_QUERY_PREFIX) for k in keys):
-    layout = 'moco'
-    renamed = {k[len(_MOCO_QUERY_PREFIX):]: k for k in keys if k.startswith(_MOCO_QUERY_PREFIX)}
-    ignored['MoCo key encoder and queue'] = [k for k in keys if not k.startswith(
-        _MOCO_QUERY_PREFIX)]
-  elif any(k.startswith('backbone.') for k in keys):
-    layout = 'mmaction2'
-    renamed, unknown = {}, []
-    for k in keys:
-      if not k.startswith('backbone.'):
-        ignored.setdefault('mmaction2 non-backbone keys (cls_head, ...)', []).append(k)
-        continue
-      try:
-        renamed[torchvision_name_from_mmaction2(k[len('backbone.'):])] = k
-      except ValueError:
-        unknown.append(k)
-    renamed.update({k: k for k in unknown})  # reported as unexpected
-  else:
-    renamed = {k[len('module.'):] if k.startswith('module.') else k: k for k in keys}
-    layout = ('vclr_reference' if any(k.startswith(HEAD_MODULES['inter'] + '.') for k in renamed)
-              else 'torchvision')
-
+  state = _state_dict_of(contents, ignored)
+  layout, renamed = _canonical_names(list(state), ignored)
   tensors, sources = {}, {}
   for name, key in renamed.items():
     if name.endswith('.' + BN_COUNTER):
@@ -148,13 +115,46 @@ def _recognise(path: str, contents) -> TorchWeights:
       ignored.setdefault('torchvision ImageNet classifier', []).append(key)
     else:
       tensors[name], sources[name] = _to_numpy(path, key, state[key]), key
-
   if layout == 'moco':
-    _copy_moco_projection_to_heads(path, tensors, sources, ignored)
+    _copy_moco_projection_to_heads(tensors, sources, ignored)
   return TorchWeights(path, layout, tensors, sources, {k: v for k, v in ignored.items() if v})
 
 
-def _copy_moco_projection_to_heads(path, tensors, sources, ignored):
+def _state_dict_of(contents: Mapping, ignored: dict) -> Mapping:
+  """The tensors of a checkpoint: under 'model' (reference), 'state_dict' or at the top."""
+  if isinstance(contents.get('model'), Mapping):
+    ignored['reference checkpoint entries other than model'] = [
+        k for k in contents if k != 'model']
+    return contents['model']
+  if isinstance(contents.get('state_dict'), Mapping):
+    return contents['state_dict']
+  return contents
+
+
+def _canonical_names(keys: list[str], ignored: dict) -> tuple[str, dict[str, str]]:
+  """(layout, {canonical name: file key}) for the keys this module reads."""
+  if any(k.startswith(_MOCO_QUERY_PREFIX) for k in keys):
+    ignored['MoCo key encoder and queue'] = [
+        k for k in keys if not k.startswith(_MOCO_QUERY_PREFIX)]
+    return 'moco', {k[len(_MOCO_QUERY_PREFIX):]: k for k in keys
+                    if k.startswith(_MOCO_QUERY_PREFIX)}
+  if any(k.startswith(_MMACTION2_PREFIX) for k in keys):
+    renamed = {}
+    for k in keys:
+      if not k.startswith(_MMACTION2_PREFIX):
+        ignored.setdefault('mmaction2 non-backbone keys (cls_head, ...)', []).append(k)
+        continue
+      try:
+        renamed[torchvision_name_from_mmaction2(k[len(_MMACTION2_PREFIX):])] = k
+      except ValueError:
+        renamed[k] = k  # not a ResNet key: reported as unexpected
+    return 'mmaction2', renamed
+  renamed = {k[len('module.'):] if k.startswith('module.') else k: k for k in keys}
+  has_heads = any(k.startswith(HEAD_MODULES['inter'] + '.') for k in renamed)
+  return ('vclr_reference' if has_heads else 'torchvision'), renamed
+
+
+def _copy_moco_projection_to_heads(tensors, sources, ignored):
   """The reference starts VCLR from MoCo v2 with every head a copy of MoCo's projection head."""
   if all(name in tensors for name in _MOCO_PROJECTION):
     for name in _MOCO_PROJECTION:

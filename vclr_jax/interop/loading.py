@@ -25,7 +25,8 @@ class LoadReport:
   """What a load took from the file and what it left alone.
 
   Attributes:
-    loaded: file keys that were copied into the variables.
+    weights: the file's tensors (with its layout and deliberately ignored keys).
+    loaded: for every variable filled, the file key it came from.
     missing: flax paths of the variables the file has no tensor for (kept from the template).
     unexpected: file keys that match no variable of the model (not loaded).
   """
@@ -36,11 +37,10 @@ class LoadReport:
 
   def summary(self) -> str:
     w = self.weights
-    lines = [f'Loaded {len(self.loaded)} tensors from {w.path} '
+    lines = [f'Filled {len(self.loaded)} variables from {w.path} '
              f'({_LAYOUT_DESCRIPTIONS[w.layout]}).']
     if self.missing:
-      lines.append(f'  Kept from the model\'s own initialisation ({len(self.missing)} not in '
-                   'the file):')
+      lines.append(f'  Not in the file, kept as initialised ({len(self.missing)}):')
       lines += [f'    {"/".join(path)} (PyTorch name {torch_name(path)})' for path in self.missing]
     if self.unexpected:
       lines.append(f'  Not loaded, unknown to VCLR ({len(self.unexpected)} unexpected keys):')

@@ -91,12 +91,13 @@ def flatten_variables(variables: Mapping) -> dict[tuple[str, ...], object]:
        if collection in variables})
 
 
-_BLOCK_MODULE_ORDER = ('conv1', 'bn1', 'conv2', 'bn2', 'conv3', 'bn3', 'downsample.0', 'downsample.1')
+_BLOCK_MODULE_ORDER = ('conv1', 'bn1', 'conv2', 'bn2', 'conv3', 'bn3', 'downsample.0',
+                       'downsample.1')
 _TENSOR_ORDER = ('weight', 'bias', 'running_mean', 'running_var', BN_COUNTER)
 
 
 def _torchvision_key_order(name: str) -> tuple[int, int, int, int]:
-  """Sort key giving torchvision's state_dict order (some downstream scripts zip keys by position)."""
+  """Sort key giving torchvision's state_dict order (some scripts pair keys by position)."""
   *modules, leaf = name.split('.')
   if modules[0].startswith('layer'):
     stage, block, submodule = int(modules[0][len('layer'):]), int(modules[1]), modules[2:]
@@ -145,8 +146,11 @@ def mmaction2_name(torchvision_name: str) -> str:
 
 
 def torchvision_name_from_mmaction2(mmaction2_key: str) -> str:
-  """Inverse of ``mmaction2_name`` (without the ``backbone.`` prefix)."""
+  """Inverse of ``mmaction2_name`` (without the ``backbone.`` prefix); also reads TSM's keys,
+  whose temporal shift wraps a conv as ``conv1.conv.net.weight``."""
   *modules, leaf = mmaction2_key.split('.')
+  if modules[-2:] == ['conv', 'net']:
+    modules.pop()
   if modules[-2:] == ['downsample', 'conv']:
     modules[-1] = '0'
   elif modules[-2:] == ['downsample', 'bn']:
@@ -172,4 +176,5 @@ def infer_architecture(tensors: Mapping[str, np.ndarray]) -> tuple[int, float]:
     if stage_blocks == blocks and bottleneck == (depth == 50):
       return depth, width_multiplier
   raise ValueError(f'The weights hold a ResNet with {blocks} blocks per stage '
-                   f'({"bottleneck" if bottleneck else "basic"} blocks); supported: ResNet-18/34/50.')
+                   f'({"bottleneck" if bottleneck else "basic"} blocks); supported: '
+                   'ResNet-18/34/50.')
