@@ -21,7 +21,9 @@ reads, without decoding, at most the records of one group before the first examp
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable, Iterator
 
+import numpy as np
 import tensorflow as tf
 
 from input_pipeline import records
@@ -113,3 +115,26 @@ def example_stream(shards: list[dict], *, seed: int, process_index: int, start_e
             .map(with_seed))
 
   return tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_records)
+
+
+def batched_examples(records_dir: str, split: str,
+                     make_example: Callable[[tf.Tensor, tf.Tensor], dict], *, batch_size: int,
+                     seed: int, start_step: int, process_index: int | None,
+                     process_count: int | None, num_parallel_calls: int,
+                     options: StreamOptions, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+  """Endless per-host NumPy batches of ``make_example(serialized, example_seed)``.
+
+  Batch ``start_step`` of the run that started at 0 comes first (see the module docstring).
+  """
+  if batch_size <= 0 or start_step < 0:
+    raise ValueError(f'batch_size={batch_size} must be positive and start_step={start_step} '
+                     'non-negative.')
+  shards, process_index, _ = host_shards(records_dir, split, process_index, process_count)
+  stream = example_stream(shards, seed=seed, process_index=process_index,
+                          start_example=start_step * batch_size, options=options)
+  return (stream
+          .map(lambda example_seed, serialized: make_example(serialized, example_seed),
+               num_parallel_calls=num_parallel_calls, deterministic=True)
+          .batch(batch_size, drop_remainder=True)
+          .prefetch(prefetch)
+          .as_numpy_iterator())

@@ -67,18 +67,11 @@ def make_train_iterator(records_dir: str, split: str, *, batch_size: int, image_
     prefetch: batches prepared ahead.
     augment_config: the MoCo v2 augmentation parameters.
   """
-  if batch_size <= 0 or image_size <= 0 or start_step < 0:
-    raise ValueError(f'batch_size={batch_size} and image_size={image_size} must be positive and '
-                     f'start_step={start_step} non-negative.')
-  shards, process_index, _ = record_stream.host_shards(records_dir, split, process_index,
-                                                       process_count)
-  stream = record_stream.example_stream(
-      shards, seed=seed, process_index=process_index, start_example=start_step * batch_size,
-      options=record_stream.StreamOptions(cycle_length, shuffle_buffer))
-  return (stream
-          .map(lambda example_seed, serialized: make_vclr_example(
-              serialized, example_seed, image_size, augment_config),
-               num_parallel_calls=num_parallel_calls, deterministic=True)
-          .batch(batch_size, drop_remainder=True)
-          .prefetch(prefetch)
-          .as_numpy_iterator())
+  if image_size <= 0:
+    raise ValueError(f'image_size={image_size} must be positive.')
+  return record_stream.batched_examples(
+      records_dir, split,
+      lambda serialized, seed: make_vclr_example(serialized, seed, image_size, augment_config),
+      batch_size=batch_size, seed=seed, start_step=start_step, process_index=process_index,
+      process_count=process_count, num_parallel_calls=num_parallel_calls,
+      options=record_stream.StreamOptions(cycle_length, shuffle_buffer), prefetch=prefetch)

@@ -58,15 +58,10 @@ def make_tsn_train_iterator(records_dir: str, split: str, *, batch_size: int, im
   'label' (b,) int32, 'video_index' (b,) int32. Arguments as train_reader.make_train_iterator;
   only crop_scale, crop_ratio and flip_probability of ``crop_config`` are used.
   """
-  shards, process_index, _ = record_stream.host_shards(records_dir, split, process_index,
-                                                       process_count)
-  stream = record_stream.example_stream(
-      shards, seed=seed, process_index=process_index, start_example=start_step * batch_size,
+  return record_stream.batched_examples(
+      records_dir, split,
+      lambda serialized, example_seed: make_tsn_example(
+          serialized, example_seed, num_segments, image_size, crop_config),
+      batch_size=batch_size, seed=seed, start_step=start_step, process_index=process_index,
+      process_count=process_count, num_parallel_calls=num_parallel_calls,
       options=record_stream.StreamOptions(cycle_length, shuffle_buffer))
-  return (stream
-          .map(lambda example_seed, serialized: make_tsn_example(
-              serialized, example_seed, num_segments, image_size, crop_config),
-               num_parallel_calls=num_parallel_calls, deterministic=True)
-          .batch(batch_size, drop_remainder=True)
-          .prefetch(2)
-          .as_numpy_iterator())
