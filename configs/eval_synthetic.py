@@ -1,6 +1,6 @@
 """Frozen-encoder evaluation on the synthetic dataset (a few seconds on 2 CPU cores).
 
-  python -c "from input_pipeline import synthetic; synthetic.prepare_synthetic('data/synthetic')"
+  bash scripts/demo.sh   (makes data/synthetic_records and runs/demo)
   python -m vclr_jax.evaluate --config=configs/eval_synthetic.py --workdir=runs/demo --eval=linear
 
 Frames are resized to a short side of 110 and centre-cropped to 96 (configs/demo.py trains
@@ -15,7 +15,7 @@ from configs import eval_ucf101
 def get_config() -> ml_collections.ConfigDict:
   config = eval_ucf101.get_config()
   config.dataset = 'synthetic'
-  config.data.records_dir = 'data/synthetic/records'
+  config.data.records_dir = 'data/synthetic_records'
   config.data.num_frames = 8
   config.data.crop_size = 96
   config.data.resize_short_side = 110

@@ -1,10 +1,12 @@
 """The SPMD train step: multi-device equivalence, shuffle-BN, queues, EMA, schedule, non-finite."""
 
 import functools
+import json
 import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -28,14 +30,22 @@ def source(config):
                         seed=config.seed)
 
 
-def run_steps(config, num_devices, num_steps, state=None, start=0):
+@functools.lru_cache(maxsize=None)
+def compiled_step(config_json, num_devices):
+  """One jitted step per (config, devices), shared by the tests to save compile time."""
+  config = ml_collections.ConfigDict(json.loads(config_json))
   mesh = tstep.make_mesh(jax.devices()[:num_devices])
   tstep.check_divisibility(config, num_devices)
+  step = tstep.make_train_step(config, mesh, ts.make_optimizer(config, NUM_VIDEOS),
+                               ts.learning_rate_schedule(config, NUM_VIDEOS))
+  return mesh, step
+
+
+def run_steps(config, num_devices, num_steps, state=None, start=0):
+  mesh, step = compiled_step(config.to_json(), num_devices)
   if state is None:
     state = ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0))
   state = tstep.replicate(state, mesh)
-  step = tstep.make_train_step(config, mesh, ts.make_optimizer(config, NUM_VIDEOS),
-                               ts.learning_rate_schedule(config, NUM_VIDEOS))
   data = source(config)
   metrics = None
   for i in range(start, start + num_steps):

@@ -1,0 +1,241 @@
+"""TSN fine-tuning (REFERENCE.md, mmaction2's TSN): training, testing, checkpoints, resuming.
+
+The network is the pretraining run's ResNet backbone (initialised from its online encoder, or
+randomly), dropout and a linear classifier applied to each of k segment frames, with the
+segments' logits averaged (average consensus). Training: one random frame per segment,
+random resized crop and flip (input_pipeline/tsn_reader.py), SGD with momentum and weight
+decay, the learning rate multiplied by decay_factor at each of decay_epochs. Testing: N
+uniform centre-cropped frames per video, each frame a segment, the predictions averaged.
+
+The run lives in RUN/finetune/<config.name>/ (checkpoints/ by Orbax, config.json); rerunning
+the same command resumes from the latest checkpoint and continues the same data stream.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vclr_jax import checkpointing
+from vclr_jax import global_batches
+from vclr_jax import train
+from vclr_jax import train_step
+from vclr_jax.evaluation import linear
+from vclr_jax.evaluation import results
+from vclr_jax.models.resnet import ResNet
+
+DATA_AXIS = train_step.DATA_AXIS
+
+
+class TSN(nn.Module):
+  """(B, K, H, W, 3) segment frames -> (B, classes) logits averaged over the K segments."""
+  depth: int
+  width_multiplier: float
+  num_classes: int
+  dropout: float
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, frames, train: bool):
+    b, k = frames.shape[:2]
+    # Named 'backbone' like VCLR's, so a pretraining checkpoint's subtree loads as it is.
+    feats = ResNet(self.depth, self.width_multiplier, bn_axis_name=self.bn_axis_name,
+                   name='backbone')(frames.reshape((b * k,) + frames.shape[2:]), train)
+    feats = nn.Dropout(self.dropout, deterministic=not train)(feats.reshape(b, k, -1))
+    return nn.Dense(self.num_classes, name='classifier')(feats).mean(axis=1)
+
+
+@flax.struct.dataclass
+class FinetuneState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array  # raw key data, a plain array in checkpoints
+
+
+def finetune_dir(workdir: str, config: ml_collections.ConfigDict) -> str:
+  return os.path.join(workdir, 'finetune', config.name)
+
+
+def _learning_rate(config, steps_per_epoch: int):
+  """Step decay: base_lr, times decay_factor after each epoch in decay_epochs."""
+  return optax.piecewise_constant_schedule(
+      config.optim.base_lr,
+      {int(epoch * steps_per_epoch): config.optim.decay_factor
+       for epoch in config.optim.decay_epochs})
+
+
+def _optimizer(config, steps_per_epoch: int):
+  return optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
+                     optax.sgd(_learning_rate(config, steps_per_epoch),
+                               momentum=config.optim.momentum))
+
+
+def _initial_state(config, workdir, model, optimizer, mesh):
+  """(state, description, pretraining step or None): random init, with the backbone replaced
+  by the pretraining run's when config.init says so."""
+  size = config.data.image_size
+  variables = model.init(jax.random.key(config.seed), jnp.zeros((1, 1, size, size, 3)),
+                         train=False)
+  params, batch_stats = flax.core.unfreeze(variables['params']), dict(variables['batch_stats'])
+  source, step = f'random init (seed {config.seed})', None
+  if config.init == 'pretrained':
+    step = None if config.checkpoint_step < 0 else config.checkpoint_step
+    encoder, step = checkpointing.load_encoder_variables(workdir, step)
+    train._check_same_structure(  # same error text as pretraining's init_from
+        {'backbone': encoder['params']['backbone']}, {'backbone': params['backbone']},
+        f'{workdir} (step {step})')
+    params['backbone'] = encoder['params']['backbone']
+    batch_stats['backbone'] = encoder['batch_stats']['backbone']
+    source = f'{workdir} step {step}'
+  elif config.init != 'random':
+    raise ValueError(f"config.init must be 'pretrained' or 'random', got {config.init!r}.")
+  state = FinetuneState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                        opt_state=optimizer.init(params),
+                        rng=jax.random.key_data(jax.random.key(config.seed + 1)))
+  return jax.device_put(state, NamedSharding(mesh, P())), source, step
+
+
+def make_train_step(model: TSN, optimizer, mesh):
+  """jit((state, batch) -> (state, metrics)) over the data mesh; BN statistics are synchronised."""
+
+  def on_device(state: FinetuneState, batch):
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step),
+                             jax.lax.axis_index(DATA_AXIS))
+
+    def loss_fn(params):
+      logits, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                    batch['frames'], train=True, rngs={'dropout': rng},
+                                    mutable=['batch_stats'])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+      accuracy = (logits.argmax(-1) == batch['label']).mean()
+      # The global-batch mean: its gradient w.r.t. replicated params is the global gradient.
+      return jax.lax.pmean(loss, DATA_AXIS), (jax.lax.pmean(accuracy, DATA_AXIS), mutated)
+
+    (loss, (accuracy, mutated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              batch_stats=jax.lax.pmean(mutated['batch_stats'], DATA_AXIS),
+                              opt_state=opt_state)
+    return new_state, {'loss': loss, 'accuracy': accuracy}
+
+  return jax.jit(jax.shard_map(on_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+                               out_specs=(P(), P())), donate_argnums=(0,))
+
+
+def evaluate_tsn(model: TSN, state: FinetuneState, config, mesh, log=print) -> dict[str, float]:
+  """Top-1/top-5 on config.data.test_split: test_frames centre crops, predictions averaged."""
+  from input_pipeline import eval_reader  # TensorFlow only where records are read
+  data = config.data
+  per_host = config.test_batch_size // jax.process_count()
+  batches = eval_reader.make_eval_iterator(
+      data.records_dir, data.test_split, batch_size=per_host, num_frames=data.test_frames,
+      crop_size=data.crop_size, resize_short_side=data.resize_short_side or None)
+  num_batches = eval_reader.num_eval_batches(data.records_dir, data.test_split,
+                                             batch_size=per_host)
+
+  def on_device(state, frames):
+    # Every test frame is a segment: the model's average consensus averages their logits.
+    return model.apply({'params': state.params, 'batch_stats': state.batch_stats}, frames,
+                       train=False)
+
+  predict = jax.jit(jax.shard_map(on_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+                                  out_specs=P(DATA_AXIS)))
+  scores, labels, masks = [], [], []
+  start = time.time()
+  for index, batch in enumerate(global_batches.prefetch_to_mesh(batches, mesh)):
+    scores.append(multihost_utils.process_allgather(predict(state, batch['frames']), tiled=True))
+    labels.append(multihost_utils.process_allgather(batch['label'], tiled=True))
+    masks.append(multihost_utils.process_allgather(batch['mask'], tiled=True))
+    if (index + 1) % 10 == 0 or index + 1 == num_batches:
+      rate = (index + 1) / (time.time() - start)
+      log(f'TSN test: batch {index + 1}/{num_batches} | {rate:.2f} batches/s | '
+          f'ETA {(num_batches - index - 1) / rate:.0f}s')
+  keep = np.concatenate(masks).astype(bool)
+  return linear.top_k_accuracies(np.concatenate(scores)[keep], np.concatenate(labels)[keep])
+
+
+def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict[str, float]:
+  """Fine-tunes (resuming if RUN/finetune/<name> holds a checkpoint), tests, records the result."""
+  from input_pipeline import records
+  from input_pipeline import tsn_reader
+  data = config.data
+  mesh = train_step.make_mesh()
+  for name in ('batch_size', 'test_batch_size'):
+    if config[name] % mesh.size:
+      raise ValueError(f'config.{name}={config[name]} must be divisible by the {mesh.size} '
+                       'devices.')
+  run_config = checkpointing.load_run_config(workdir)
+  index = records.read_index(data.records_dir, data.train_split)
+  steps_per_epoch = index['num_videos'] // config.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f'config.batch_size={config.batch_size} exceeds the {index["num_videos"]} '
+                     f'videos of {data.records_dir}/{data.train_split}.')
+  total_steps = int(config.num_epochs * steps_per_epoch)
+  model = TSN(run_config.model.depth, run_config.model.width_multiplier, index['num_classes'],
+              config.dropout, bn_axis_name=DATA_AXIS)
+  optimizer = _optimizer(config, steps_per_epoch)
+  out_dir = finetune_dir(workdir, config)
+  manager = checkpointing.make_manager(out_dir, config.checkpoint)
+  state, source, pretraining_step = _initial_state(config, workdir, model, optimizer, mesh)
+  restored = checkpointing.restore_latest(manager, state)
+  if restored is not None:
+    state = restored
+    log(f'Resumed fine-tuning from {manager.directory} at step {int(state.step)}.')
+  checkpointing.write_run_config(out_dir, config)
+  start_step = int(jax.device_get(state.step))
+  step_fn = make_train_step(model, optimizer, mesh)
+  batches = global_batches.prefetch_to_mesh(
+      tsn_reader.make_tsn_train_iterator(
+          data.records_dir, data.train_split, batch_size=config.batch_size // jax.process_count(),
+          image_size=data.image_size, num_segments=data.num_segments, seed=config.seed,
+          start_step=start_step),
+      mesh)
+  log(f'TSN fine-tuning {source} on {config.dataset}: steps {start_step}..{total_steps} '
+      f'({steps_per_epoch} per epoch, {data.num_segments} segments) in {out_dir}.')
+  stop = train.StopRequested()
+  window_start, window_steps = time.time(), 0
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      state, metrics = step_fn(state, {k: v for k, v in next(batches).items()
+                                       if k in ('frames', 'label')})
+      window_steps += 1
+      if step % config.log_every_steps == 0 or step == total_steps:
+        rate = window_steps / (time.time() - window_start)
+        log(f'finetune step {step}/{total_steps} | loss {float(metrics["loss"]):.4f} | '
+            f'acc {float(metrics["accuracy"]):.2f} | {rate:.2f} steps/s | '
+            f'ETA {(total_steps - step) / rate:.0f}s')
+        window_start, window_steps = time.time(), 0
+      checkpointing.save(manager, step, state)
+      if stop.signal:
+        log(f'{stop.signal} received: saving step {step} and exiting.')
+        break
+    checkpointing.save(manager, int(jax.device_get(state.step)), state, force=True)
+  finally:
+    manager.wait_until_finished()
+    stop.restore()
+  if stop.signal:
+    return {}
+  metrics = evaluate_tsn(model, state, config, mesh, log)
+  table = results.record(workdir, dict(
+      protocol=f'finetune ({config.name})', dataset=config.dataset, split=data.test_split,
+      checkpoint_step=pretraining_step, checkpoint=source, metrics=metrics,
+      settings=dict(init=config.init, num_segments=data.num_segments,
+                    test_frames=data.test_frames, epochs=config.num_epochs,
+                    finetune_steps=int(jax.device_get(state.step)), batch_size=config.batch_size,
+                    base_lr=config.optim.base_lr)))
+  log(f'TSN fine-tuning on {config.dataset}/{data.test_split}: top1 {100 * metrics["top1"]:.2f}, '
+      f'top5 {100 * metrics["top5"]:.2f}\n{table}')
+  return metrics
