@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (same architecture, initialised with config.seed): the baseline of the evidence table.
   config.checkpoint_step = -1
   config.random_init = False
+  # Name of a TSN fine-tuning run (RUN/finetune/<name>) whose backbone is evaluated instead:
+  # the supervised reference of the evidence table.
+  config.finetuned_backbone = ''
 
   config.data = ml_collections.ConfigDict()
   config.data.records_dir = 'data/ucf101_records'

@@ -1,6 +1,6 @@
 r"""A small synthetic action dataset of real H.264 videos, for demos, tests and benchmarks.
 
-  python -m input_pipeline.synthetic --out=data/synthetic [--seed=0 --videos_per_class=16]
+  python -m input_pipeline.synthetic --out=data/synthetic [--seed=0 --videos_per_class=32]
 
 Every video plays a script of two *phases* (a bouncing ball, a sliding bar, a growing square,
 scrolling stripes, falling rain, a flashing background), one after the other, in random order
@@ -157,7 +157,7 @@ def write_mp4(path: str, frames: np.ndarray, fps: int) -> None:
     container.mux(stream.encode())
 
 
-def generate(out_dir: str, *, seed: int = 0, num_classes: int = 12, videos_per_class: int = 16,
+def generate(out_dir: str, *, seed: int = 0, num_classes: int = 12, videos_per_class: int = 32,
              test_fraction: float = 0.25, show_progress: bool = True) -> str:
   """Writes the dataset under ``out_dir`` (list layout) and returns ``out_dir``."""
   if 'libx264' not in av.codecs_available:
@@ -189,7 +189,7 @@ def generate(out_dir: str, *, seed: int = 0, num_classes: int = 12, videos_per_c
 
 
 def prepare_synthetic(out_dir: str, *, seed: int = 0, num_classes: int = 12,
-                      videos_per_class: int = 16, videos_per_shard: int = 16,
+                      videos_per_class: int = 32, videos_per_shard: int = 16,
                       short_side: int | None = None, fps: float | None = None,
                       show_progress: bool = False) -> str:
   """Generates the dataset into ``out_dir/videos`` and prepares it (train and test) into
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--out', required=True, help='folder to write the videos and lists to')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--num_classes', type=int, default=12, help=f'2 to {MAX_CLASSES}')
-  parser.add_argument('--videos_per_class', type=int, default=16)
+  parser.add_argument('--videos_per_class', type=int, default=32)
   parser.add_argument('--test_fraction', type=float, default=0.25)
   args = parser.parse_args(argv)
   generate(args.out, seed=args.seed, num_classes=args.num_classes,

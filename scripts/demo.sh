@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: make the embedded synthetic video dataset, prepare it into records, pretrain VCLR
-# on it (configs/demo.py) and evaluate the result. A few minutes on 2 CPU cores.
+# on it (configs/demo.py) and evaluate the encoder (linear SVM and retrieval on frozen
+# features). A few minutes on 2 CPU cores.
 # Rerunning continues where it stopped: preparation keeps finished shards, training resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,3 +14,9 @@ python -m input_pipeline.prepare --source=list --root="$DATA/synthetic" --splits
     --out="$DATA/synthetic_records"
 python -m vclr_jax.main --config=configs/demo.py --workdir="$RUN" \
     --config.data.records_dir="$DATA/synthetic_records"
+# Frozen features of the pretrained encoder: linear SVM, then retrieval (with its picture).
+for protocol in linear retrieval; do
+  python -m vclr_jax.evaluate --config=configs/eval_synthetic.py --workdir="$RUN" \
+      --eval=$protocol --config.data.records_dir="$DATA/synthetic_records"
+done
+echo "Results: $RUN/eval/results.md, retrieval picture: $RUN/eval/retrieval_test_step*.png"

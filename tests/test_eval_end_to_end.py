@@ -86,7 +86,7 @@ def _finetune_config(records_dir, name, num_epochs):
 
 
 def _final_params(run_dir, name):
-  out = os.path.join(finetune.finetune_dir(run_dir, finetune_synthetic.get_config()), '..', name)
+  out = finetune.finetune_dir(run_dir, name)
   variables, step = checkpointing.load_encoder_variables(out)
   return variables['params'], step
 

@@ -72,13 +72,13 @@ def test_cache_is_reused_and_invalidated_by_checkpoint_step_or_settings(tmp_path
     return extract
 
   settings = dict(num_frames=NUM_FRAMES, step=1)
-  path_1 = features.cache_path(workdir, 'test', 1)
+  path_1 = features.cache_path(workdir, 'test', 'step1')
   first = features.load_or_extract(path_1, settings, extractor(1), log=lambda line: None)
   again = features.load_or_extract(path_1, settings, extractor(1), log=lambda line: None)
   assert calls == [1] and os.path.exists(path_1)
   np.testing.assert_array_equal(first['features'], again['features'])
   # A new checkpoint step is another cache file and other features.
-  path_2 = features.cache_path(workdir, 'test', 2)
+  path_2 = features.cache_path(workdir, 'test', 'step2')
   assert path_2 != path_1
   second = features.load_or_extract(path_2, dict(settings, step=2), extractor(2),
                                     log=lambda line: None)

@@ -17,9 +17,14 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vclr_jax import quiet_logs
 from vclr_jax.evaluation import finetune
 from vclr_jax.evaluation import protocols
 
+# A config section each protocol needs: eval_*.py configs have the first three, finetune_*.py
+# the last, so a mixed-up --config gets a clear error instead of a missing-attribute one.
+REQUIRED_SECTION = {'features': 'features', 'linear': 'linear', 'retrieval': 'retrieval',
+                    'finetune': 'optim'}
 PROTOCOLS = {
     'features': protocols.run_features,
     'linear': protocols.run_linear,
@@ -41,6 +46,12 @@ flags.mark_flags_as_required(['config', 'workdir', 'eval'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  quiet_logs.quiet_library_logs()
+  section = REQUIRED_SECTION[FLAGS.eval]
+  if section not in FLAGS.config:
+    kind = 'configs/finetune_*.py' if FLAGS.eval == 'finetune' else 'configs/eval_*.py'
+    raise app.UsageError(f'--eval={FLAGS.eval} needs a config with config.{section}, as in '
+                         f'{kind}; the --config given has none.')
   if FLAGS.distributed:
     jax.distributed.initialize()
   logging.info('JAX %s on %d %s devices, process %d of %d.', jax.__version__, jax.device_count(),

@@ -11,6 +11,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vclr_jax import quiet_logs
 from vclr_jax import train
 
 FLAGS = flags.FLAGS
@@ -21,17 +22,10 @@ flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (mult
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _WarningsOnlyFromLibraries(logging.logging.Filter):
-  """Orbax logs every save step at INFO; keep the log readable for the training lines."""
-
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().python_handler.addFilter(_WarningsOnlyFromLibraries())
+  quiet_logs.quiet_library_logs()
   if FLAGS.distributed:
     jax.distributed.initialize()
   logging.info('JAX %s on %d %s devices, process %d of %d.', jax.__version__, jax.device_count(),

@@ -52,7 +52,7 @@ def resolve_shuffle_bn_groups(config: ml_collections.ConfigDict, num_devices: in
     config.model.shuffle_bn_groups_per_device = max(1, 8 // num_devices)
 
 
-def _check_same_structure(loaded, template, source: str) -> None:
+def check_same_structure(loaded, template, source: str) -> None:
   flat_loaded = dict(jax.tree_util.tree_leaves_with_path(loaded))
   flat_template = dict(jax.tree_util.tree_leaves_with_path(template))
   missing = sorted(jax.tree_util.keystr(k) for k in flat_template.keys() - flat_loaded.keys())
@@ -74,7 +74,7 @@ def load_initial_weights(path: str, state: train_state_lib.TrainState) -> dict:
     variables = load_pytorch_variables(path, jax.device_get(template))
   else:
     variables, _ = checkpointing.load_encoder_variables(path)
-  _check_same_structure(variables, template, f'config.init_from={path}')
+  check_same_structure(variables, template, f'config.init_from={path}')
   return variables
 
 

@@ -98,9 +98,8 @@ def extract_features(model: VCLR, variables: dict, host_batches: Iterable[dict[s
   return {name: value[keep][order] for name, value in result.items()}
 
 
-def cache_path(workdir: str, split: str, step: int | None) -> str:
-  """RUN/eval/features_<split>_step<N>.npz; step None (random init) is 'random'."""
-  tag = 'random' if step is None else f'step{step}'
+def cache_path(workdir: str, split: str, tag: str) -> str:
+  """RUN/eval/features_<split>_<tag>.npz, the tag naming the encoder (see protocols.Encoder)."""
   return os.path.join(workdir, 'eval', f'features_{split}_{tag}.npz')
 
 

@@ -65,8 +65,9 @@ class FinetuneState:
   rng: jax.Array  # raw key data, a plain array in checkpoints
 
 
-def finetune_dir(workdir: str, config: ml_collections.ConfigDict) -> str:
-  return os.path.join(workdir, 'finetune', config.name)
+def finetune_dir(workdir: str, name: str) -> str:
+  """RUN/finetune/<name>: one fine-tuning run of the pretraining run in RUN."""
+  return os.path.join(workdir, 'finetune', name)
 
 
 def _learning_rate(config, steps_per_epoch: int):
@@ -94,7 +95,7 @@ def _initial_state(config, workdir, model, optimizer, mesh):
   if config.init == 'pretrained':
     step = None if config.checkpoint_step < 0 else config.checkpoint_step
     encoder, step = checkpointing.load_encoder_variables(workdir, step)
-    train._check_same_structure(  # same error text as pretraining's init_from
+    train.check_same_structure(  # same error text as pretraining's init_from
         {'backbone': encoder['params']['backbone']}, {'backbone': params['backbone']},
         f'{workdir} (step {step})')
     params['backbone'] = encoder['params']['backbone']
@@ -187,7 +188,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
   model = TSN(run_config.model.depth, run_config.model.width_multiplier, index['num_classes'],
               config.dropout, bn_axis_name=DATA_AXIS)
   optimizer = _optimizer(config, steps_per_epoch)
-  out_dir = finetune_dir(workdir, config)
+  out_dir = finetune_dir(workdir, config.name)
   manager = checkpointing.make_manager(out_dir, config.checkpoint)
   state, source, pretraining_step = _initial_state(config, workdir, model, optimizer, mesh)
   restored = checkpointing.restore_latest(manager, state)

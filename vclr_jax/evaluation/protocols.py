@@ -19,6 +19,7 @@ from vclr_jax import checkpointing
 from vclr_jax import train_state
 from vclr_jax import train_step
 from vclr_jax.evaluation import features as features_lib
+from vclr_jax.evaluation import finetune
 from vclr_jax.evaluation import linear
 from vclr_jax.evaluation import pictures
 from vclr_jax.evaluation import results
@@ -32,6 +33,7 @@ class Encoder:
   variables: dict
   step: int | None  # None: random initialisation
   source: str
+  tag: str  # names the encoder in cache and picture file names
 
 
 def load_encoder(config: ml_collections.ConfigDict, workdir: str) -> Encoder:
@@ -42,14 +44,23 @@ def load_encoder(config: ml_collections.ConfigDict, workdir: str) -> Encoder:
     size = run_config.data.image_size
     variables = model.init(jax.random.key(config.seed), jnp.zeros((1, 3, size, size, 3)),
                            train=False)
-    return Encoder(model, dict(variables), None, f'random init (seed {config.seed})')
+    return Encoder(model, dict(variables), None, f'random init (seed {config.seed})',
+                   f'random_seed{config.seed}')
+  if config.finetuned_backbone:
+    # The backbone of a TSN fine-tuning run (RUN/finetune/<name>): the supervised reference.
+    directory = finetune.finetune_dir(workdir, config.finetuned_backbone)
+    step = None if config.checkpoint_step < 0 else config.checkpoint_step
+    finetuned, step = checkpointing.load_encoder_variables(directory, step)
+    variables = {name: {'backbone': tree['backbone']} for name, tree in finetuned.items()}
+    return Encoder(model, variables, step, f'{directory} step {step} (fine-tuned backbone)',
+                   f'finetune-{config.finetuned_backbone}-step{step}')
   checkpoints = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
   if not os.path.isdir(checkpoints) or not any(n.isdigit() for n in os.listdir(checkpoints)):
     raise FileNotFoundError(f'{checkpoints} holds no checkpoint: pretrain first (python -m '
                             'vclr_jax.main) or pass --config.random_init=True for the baseline.')
   step = None if config.checkpoint_step < 0 else config.checkpoint_step
   variables, step = checkpointing.load_encoder_variables(workdir, step)
-  return Encoder(model, variables, step, os.path.join(checkpoints, str(step)))
+  return Encoder(model, variables, step, os.path.join(checkpoints, str(step)), f'step{step}')
 
 
 def split_features(config: ml_collections.ConfigDict, workdir: str, encoder: Encoder,
@@ -77,7 +88,7 @@ def split_features(config: ml_collections.ConfigDict, workdir: str, encoder: Enc
         encoder.model, encoder.variables, batches, train_step.make_mesh(),
         num_batches=num_batches, thumbnail_size=config.features.thumbnail_size, log=log)
 
-  return features_lib.load_or_extract(features_lib.cache_path(workdir, split, encoder.step),
+  return features_lib.load_or_extract(features_lib.cache_path(workdir, split, encoder.tag),
                                       settings, extract, log)
 
 
@@ -145,8 +156,7 @@ def _retrieval_picture(config, workdir, encoder, queries, gallery) -> str:
                                             config.retrieval.picture_neighbours)
   class_names = records.read_index(config.data.records_dir, config.data.train_split).get(
       'class_names') or None
-  tag = 'random' if encoder.step is None else f'step{encoder.step}'
-  path = os.path.join(workdir, 'eval', f'retrieval_{config.data.test_split}_{tag}.png')
+  path = os.path.join(workdir, 'eval', f'retrieval_{config.data.test_split}_{encoder.tag}.png')
   return pictures.retrieval_picture(path, queries['thumbnails'][chosen], queries['labels'][chosen],
                                     gallery['thumbnails'][neighbours],
                                     gallery['labels'][neighbours], class_names)
