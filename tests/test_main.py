@@ -49,7 +49,7 @@ def test_main_learns_stops_on_sigterm_and_resumes(tmp_path):
   second = launch(workdir)
   output2, _ = second.communicate()
   assert second.returncode == 0, output2[-3000:]
-  assert f'Resumed from' in output2 and f'at step {saved[-1]}' in output2
+  assert 'Resumed from' in output2 and f'at step {saved[-1]}' in output2
   for match in LOG_LINE.finditer(output2):
     losses[int(match[1])] = float(match[3])
   assert max(losses) == 60
