@@ -85,7 +85,7 @@ def test_shuffled_forward_returns_every_row_to_its_example():
     return x * 3.0 + 1.0, x[:, 0]
 
   def on_device(x):
-    out, seen = tstep._shuffled_across_devices(apply_fn, x, jax.random.key(3))
+    out, seen = tstep.shuffled_across_devices(apply_fn, x, jax.random.key(3))
     return out, seen
 
   sharded = jax.jit(jax.shard_map(on_device, mesh=mesh, in_specs=P('data'),

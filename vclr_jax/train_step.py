@@ -40,7 +40,7 @@ def check_bn_config(model_config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'config.model.{key} must be one of {allowed}, got {model_config[key]!r}.')
 
 
-def _shuffled_across_devices(apply_fn, frames, rng):
+def shuffled_across_devices(apply_fn, frames, rng):
   """Runs ``apply_fn`` on frames shuffled over all devices and returns rows in input order.
 
   Each device permutes its frames, sends an equal slice to every device (all_to_all), runs
@@ -110,7 +110,7 @@ def _key_encoder_outputs(key_model, state, batch, rng, shuffle: bool):
     return feats, mutated['batch_stats']
 
   if shuffle:
-    feats, batch_stats = _shuffled_across_devices(features, inputs, rng)
+    feats, batch_stats = shuffled_across_devices(features, inputs, rng)
   else:
     feats, batch_stats = features(inputs)
 
