@@ -214,6 +214,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
                                        if k in ('frames', 'label')})
       window_steps += 1
       if step % config.log_every_steps == 0 or step == total_steps:
+        metrics = jax.device_get(metrics)  # waits for the steps in flight, so the rate is true
         rate = window_steps / (time.time() - window_start)
         log(f'finetune step {step}/{total_steps} | loss {float(metrics["loss"]):.4f} | '
             f'acc {float(metrics["accuracy"]):.2f} | {rate:.2f} steps/s | '
