@@ -2,13 +2,26 @@ r"""A small synthetic action dataset of real H.264 videos, for demos, tests and 
 
   python -m input_pipeline.synthetic --out=data/synthetic [--seed=0 --videos_per_class=32]
 
-Every video plays a script of two *phases* (a bouncing ball, a sliding bar, a growing square,
-scrolling stripes, falling rain, a flashing background), one after the other, in random order
-and with a random switch point. A class is an unordered pair of phases, so every phase is shared
-by several classes: one frame or a short clip is ambiguous, only the whole video tells the class
-(the paper's global-context argument), and the mean of per-frame features over the video still
-separates the classes. Backgrounds, colours, sizes, positions, speeds, frame rates, lengths
-(some under a second) and resolutions vary per video; everything follows from the seed.
+Every video plays a script of two *phases*, one after the other, in random order and with a
+random switch point. A phase is a moving pattern that covers much of the frame (bouncing balls,
+falling rain streaks, diagonal stripes, horizontal bars, a sliding checkerboard, spreading
+rings), so a random crop of a fifth of a frame still shows which phase plays. A class is an
+unordered pair of phases and every phase is shared by several classes: one frame or a short
+clip is ambiguous, only the whole video tells the class (the paper's global-context argument),
+while the mean of per-frame features over the video still separates the classes (a supervised
+TSN learns them).
+
+What varies, and why:
+- Per video: the patterns' sizes, positions, periods and speeds, the switch point, the frame
+  rate, the length (some videos last under a second), the resolution, and the *scenery*: two to
+  four static shapes that every frame of the video shows, whatever phase plays.
+- Per frame: every colour (a random two-colour gradient background, a pattern colour that
+  stands out from it, the scenery in a third colour). Colours that lasted the whole video
+  would be the easiest thing for contrastive learning to match the frames of a video by, and on
+  a dataset this small it learns little else; with them flickering, the frames of a video are
+  tied together only by shapes: the scenery (different phases of one video look alike, as the
+  scene of a real video does) and the phases' patterns.
+Everything follows from the seed.
 
 Written in the ``list`` source layout (``classes.txt``, ``train.txt``, ``test.txt``,
 ``<class>/<video>.mp4``), and prepared like any real dataset::
@@ -29,14 +42,19 @@ import av
 import numpy as np
 import tqdm
 
-PHASES = ('ball', 'slide', 'grow', 'stripes', 'rain', 'flash')
+PHASES = ('ball', 'rain', 'stripes', 'bars', 'checker', 'rings')
 MAX_CLASSES = len(PHASES) * (len(PHASES) - 1) // 2
 # (width, height); yuv420p needs even sizes.
 RESOLUTIONS = ((128, 96), (160, 120), (112, 112), (144, 108), (96, 128))
 FRAME_RATES = (12, 15, 24)
 DURATION_RANGE_S = (0.6, 2.5)
+# Foreground and background luminances differ at least this much, so that every pattern stays
+# visible in grayscale (MoCo v2's augmentation turns 20% of the crops grey).
+MIN_LUMA_CONTRAST = 70.0
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 Canvas = np.ndarray  # (H, W, 3) float32 in [0, 255], drawn on in place.
+Drawer = Callable[[Canvas, float, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -45,85 +63,109 @@ def class_names(num_classes: int) -> list[str]:
   return ['-'.join(pair) for pair in itertools.combinations(PHASES, 2)][:num_classes]
 
 
-def _colour(rng: np.random.Generator) -> np.ndarray:
-  return rng.uniform(0, 255, size=3).astype(np.float32)
-
-
-def _triangle_wave(x: float) -> float:
+def _triangle_wave(x):
   """Position in [0, 1] of something bouncing between two walls after travelling x."""
   x = x % 2.0
-  return x if x < 1.0 else 2.0 - x
+  return np.where(x < 1.0, x, 2.0 - x)
 
 
-def _make_phase(name: str, rng: np.random.Generator, height: int, width: int
-                ) -> Callable[[Canvas, float, np.ndarray, np.ndarray], None]:
-  """Draws the named phase at progress t in [0, 1] with parameters drawn once per video."""
+def _make_phase(name: str, rng: np.random.Generator, height: int, width: int) -> Drawer:
+  """Draws the named phase at progress t in [0, 1] in the given colour, with its geometry and
+  motion drawn once per video. Every phase is a pattern that covers much of the frame, so that
+  a random crop of a fifth of it still shows which phase is playing."""
   size = min(height, width)
-  colour = _colour(rng)
-  if name == 'ball':
-    radius = rng.uniform(0.08, 0.18) * size
-    start, speed = rng.uniform(0, 1, 2), rng.uniform(0.8, 2.5, 2) * rng.choice([-1, 1], 2)
+  if name == 'ball':  # one to three big balls bouncing off the walls
+    count = int(rng.integers(1, 4))
+    radius = rng.uniform(0.14, 0.24, count) * size
+    start = rng.uniform(0, 1, (count, 2))
+    speed = rng.uniform(0.8, 2.5, (count, 2)) * rng.choice([-1, 1], (count, 2))
 
-    def draw(canvas, t, yy, xx):
-      cx = radius + _triangle_wave(start[0] + speed[0] * t) * (width - 2 * radius)
-      cy = radius + _triangle_wave(start[1] + speed[1] * t) * (height - 2 * radius)
-      canvas[(xx - cx) ** 2 + (yy - cy) ** 2 <= radius ** 2] = colour
-  elif name == 'slide':
-    bar_w, bar_h = rng.uniform(0.15, 0.35) * width, rng.uniform(0.15, 0.4) * height
-    top = rng.uniform(0, height - bar_h)
-    direction = rng.choice([-1.0, 1.0])
-
-    def draw(canvas, t, yy, xx):
-      left = -bar_w + (width + bar_w) * (t if direction > 0 else 1 - t)
-      canvas[(xx >= left) & (xx < left + bar_w) & (yy >= top) & (yy < top + bar_h)] = colour
-  elif name == 'grow':
-    centre = rng.uniform(0.3, 0.7, 2) * (width, height)
-    smallest, largest = rng.uniform(0.05, 0.15) * size, rng.uniform(0.4, 0.8) * size
-
-    def draw(canvas, t, yy, xx):
-      half = 0.5 * (smallest + (largest - smallest) * t)
-      canvas[(np.abs(xx - centre[0]) <= half) & (np.abs(yy - centre[1]) <= half)] = colour
-  elif name == 'stripes':
-    period = rng.uniform(0.15, 0.3) * size
-    speed = rng.uniform(1, 3) * period * rng.choice([-1, 1])
-
-    def draw(canvas, t, yy, xx):
-      on = ((xx + yy + speed * t) % period) < period / 2
-      canvas[on] = 0.4 * canvas[on] + 0.6 * colour
-  elif name == 'rain':
-    count = int(rng.integers(6, 14))
+    def draw(canvas, t, yy, xx, colour):
+      for r, (sx, sy), (vx, vy) in zip(radius, start, speed):
+        cx = r + _triangle_wave(sx + vx * t) * (width - 2 * r)
+        cy = r + _triangle_wave(sy + vy * t) * (height - 2 * r)
+        canvas[(xx - cx) ** 2 + (yy - cy) ** 2 <= r ** 2] = colour
+  elif name == 'rain':  # thin vertical streaks falling
+    count = int(rng.integers(10, 20))
     columns, offsets = rng.uniform(0, width, count), rng.uniform(0, 1, count)
-    speeds, dot = rng.uniform(1, 3, count), rng.uniform(0.03, 0.06) * size
+    speeds = rng.uniform(1, 3, count)
+    half_width, length = rng.uniform(0.012, 0.022) * size, rng.uniform(0.15, 0.3) * size
 
-    def draw(canvas, t, yy, xx):
+    def draw(canvas, t, yy, xx, colour):
       for column, offset, speed in zip(columns, offsets, speeds):
-        row = ((offset + speed * t) % 1.0) * height
-        canvas[(np.abs(xx - column) <= dot) & (np.abs(yy - row) <= dot)] = colour
-  elif name == 'flash':
-    cycles = rng.uniform(1.5, 4)
+        top = ((offset + speed * t) % 1.0) * (height + length) - length
+        canvas[(np.abs(xx - column) <= half_width) & (yy >= top) & (yy < top + length)] = colour
+  elif name in ('stripes', 'bars'):  # diagonal stripes, or horizontal bars, scrolling
+    angle = (rng.uniform(np.pi / 6, np.pi / 3) * rng.choice([-1, 1]) if name == 'stripes'
+             else np.pi / 2)
+    period = rng.uniform(0.18, 0.3) * size
+    travel = rng.uniform(1, 3) * period * rng.choice([-1, 1])
 
-    def draw(canvas, t, yy, xx):
-      alpha = 0.7 * np.sin(np.pi * cycles * t) ** 2
-      canvas *= 1 - alpha
-      canvas += alpha * colour
+    def draw(canvas, t, yy, xx, colour):
+      along = np.cos(angle) * xx + np.sin(angle) * yy + travel * t
+      canvas[(along % period) < period / 2] = colour
+  elif name == 'checker':  # a checkerboard sliding diagonally
+    cell = rng.uniform(0.1, 0.2) * size
+    velocity = rng.uniform(1, 3, 2) * cell * rng.choice([-1, 1], 2)
+
+    def draw(canvas, t, yy, xx, colour):
+      parity = np.floor((xx + velocity[0] * t) / cell) + np.floor((yy + velocity[1] * t) / cell)
+      canvas[parity % 2 == 0] = colour
+  elif name == 'rings':  # concentric rings spreading out from a point
+    centre = rng.uniform(0.2, 0.8, 2) * (width, height)
+    period = rng.uniform(0.12, 0.22) * size
+    travel = rng.uniform(1, 3) * period
+
+    def draw(canvas, t, yy, xx, colour):
+      radius = np.sqrt((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2)
+      canvas[((radius - travel * t) % period) < period / 2] = colour
   else:
     raise ValueError(f'Unknown phase {name!r}; phases are {PHASES}.')
   return draw
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> Canvas:
-  """A random linear gradient between two colours, so no background colour identifies a class."""
-  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+def _frame_colours(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray
+                   ) -> tuple[Canvas, np.ndarray]:
+  """A random two-colour gradient background and a foreground colour that stands out from it
+  (drawn for every frame; see the module's docstring)."""
   angle = rng.uniform(0, 2 * np.pi)
-  ramp = np.cos(angle) * xx / width + np.sin(angle) * yy / height
-  ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
-  return (_colour(rng) * (1 - ramp[..., None]) + _colour(rng) * ramp[..., None]).astype(np.float32)
+  ramp = np.cos(angle) * xx / xx.shape[1] + np.sin(angle) * yy / yy.shape[0]
+  ramp = ((ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6))[..., None]
+  ends = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+  background = ends[0] * (1 - ramp) + ends[1] * ramp
+  background_luma = float(_LUMA @ ends.mean(axis=0))
+  while True:
+    colour = rng.uniform(0, 255, 3).astype(np.float32)
+    if abs(float(_LUMA @ colour) - background_luma) >= MIN_LUMA_CONTRAST:
+      return background.astype(np.float32), colour
+
+
+def _make_scene(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+  """The video's scenery: a mask (H, W) of two to four static shapes (discs, squares,
+  triangles) that every frame shows, whatever phase plays."""
+  height, width = yy.shape
+  size = min(height, width)
+  mask = np.zeros((height, width), bool)
+  for _ in range(int(rng.integers(2, 5))):
+    cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+    r = rng.uniform(0.08, 0.16) * size
+    kind = rng.integers(3)
+    if kind == 0:
+      mask |= (xx - cx) ** 2 + (yy - cy) ** 2 <= r ** 2
+    elif kind == 1:
+      mask |= (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r)
+    else:  # an isosceles triangle pointing up or down
+      tip = rng.choice([-1.0, 1.0])
+      depth = (yy - cy) * tip + r  # 0 at the base, 2r at the tip
+      mask |= (depth >= 0) & (depth <= 2 * r) & (np.abs(xx - cx) <= (2 * r - depth) / 2)
+  return mask
 
 
 def render_video(phases: tuple[str, str], rng: np.random.Generator
-                 ) -> tuple[np.ndarray, int]:
-  """The frames (T, H, W, 3) uint8 and frame rate of one video playing the two ``phases`` one
-  after the other, in random order."""
+                 ) -> tuple[np.ndarray, int, np.ndarray]:
+  """One video playing the two ``phases`` one after the other, in random order: its frames
+  (T, H, W, 3) uint8, its frame rate, and which phase plays in each frame ((T,) indices into
+  ``phases``)."""
   width, height = RESOLUTIONS[rng.integers(len(RESOLUTIONS))]
   fps = int(FRAME_RATES[rng.integers(len(FRAME_RATES))])
   num_frames = max(6, int(round(rng.uniform(*DURATION_RANGE_S) * fps)))
@@ -131,17 +173,20 @@ def render_video(phases: tuple[str, str], rng: np.random.Generator
   drawers = [_make_phase(phases[i], rng, height, width) for i in order]
   # Each phase gets between 35% and 65% of the video.
   bounds = np.array([0.0, rng.uniform(0.35, 0.65), 1.0])
-  background = _background(rng, height, width)
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  scene = _make_scene(rng, yy, xx)
   frames = np.empty((num_frames, height, width, 3), np.uint8)
+  playing = np.empty(num_frames, np.int32)
   for index in range(num_frames):
     position = (index + 0.5) / num_frames
     phase = int(position >= bounds[1])
     progress = (position - bounds[phase]) / (bounds[phase + 1] - bounds[phase])
-    canvas = background.copy()
-    drawers[phase](canvas, progress, yy, xx)
+    canvas, colour = _frame_colours(rng, yy, xx)
+    canvas[scene] = 255 - colour  # the scenery in the complementary colour
+    drawers[phase](canvas, progress, yy, xx, colour)
     frames[index] = np.clip(canvas, 0, 255).astype(np.uint8)
-  return frames, fps
+    playing[index] = order[phase]
+  return frames, fps, playing
 
 
 def write_mp4(path: str, frames: np.ndarray, fps: int) -> None:
@@ -174,7 +219,7 @@ def generate(out_dir: str, *, seed: int = 0, num_classes: int = 12, videos_per_c
   for label, video in tqdm.tqdm(jobs, desc='synthetic videos', unit='video',
                                 disable=not show_progress):
     rng = np.random.default_rng([seed, label, video])
-    frames, fps = render_video(tuple(names[label].split('-')), rng)
+    frames, fps, _ = render_video(tuple(names[label].split('-')), rng)
     relative = f'{names[label]}/{names[label]}_{video:03d}.mp4'
     os.makedirs(os.path.join(out_dir, names[label]), exist_ok=True)
     write_mp4(os.path.join(out_dir, relative), frames, fps)
