@@ -149,7 +149,9 @@ def test_queue_size_must_be_a_multiple_of_the_batch():
 
 
 def test_ema_after_a_step_mixes_old_key_and_new_online_weights():
-  config = tiny_config(ema_momentum=0.999)  # the released value (the demo uses 0.99)
+  # The released momentum (the demo uses 0.99), and a learning rate at which the first
+  # warm-up step (lr / 100) moves the online weights visibly.
+  config = tiny_config(**{'ema_momentum': 0.999, 'optim.base_lr': 0.8})
   state0 = jax.device_get(ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0)))
   # Make the key encoder differ from the online one so the mixture is visible.
   state0 = state0.replace(ema_params=jax.tree.map(lambda x: x * 0.5 + 0.01, state0.ema_params))
