@@ -13,7 +13,7 @@ visits of the same video (a key of the query's own video in the queue would be a
 negative), and the EMA momentum is 0.99 so that the key encoder follows the online one within
 a few hundred steps. Measured on this dataset (docs/evidence.md): an 8x higher learning rate
 collapses the video-level and inter-frame embeddings (their losses climb back to log(65), all
-logits equal) and leaves features worse than random init.
+logits equal) and leaves retrieval no better than random init.
 """
 
 import ml_collections
