@@ -16,7 +16,7 @@ What varies, and why:
   rate, the length (some videos last under a second), the resolution, and the *scenery*: two to
   four static shapes that every frame of the video shows, whatever phase plays.
 - Per frame: every colour (a random two-colour gradient background, a pattern colour that
-  stands out from it, the scenery in a third colour). Colours that lasted the whole video
+  stands out from it, the scenery in that colour's complement). Colours that lasted the video
   would be the easiest thing for contrastive learning to match the frames of a video by, and on
   a dataset this small it learns little else; with them flickering, the frames of a video are
   tied together only by shapes: the scenery (different phases of one video look alike, as the
