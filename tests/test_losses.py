@@ -1,5 +1,6 @@
 """Each loss and metric against a straightforward NumPy implementation of REFERENCE.md."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -19,6 +20,13 @@ def cross_entropy_target0(logits):
   return -(logits[0] - np.log(np.sum(np.exp(logits - logits.max()))) - logits.max())
 
 
+@pytest.fixture(autouse=True)
+def float64():
+  """The losses in float64 against the float64 references, so a 1e-12 match is meaningful."""
+  with jax.enable_x64(True):
+    yield
+
+
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
@@ -35,7 +43,7 @@ def test_inter_frame_loss_matches_reference(rng):
       rows.append(cross_entropy_target0(logits))
       correct.append(np.argmax(logits) == 0)
   loss, metrics = losses.inter_frame_loss(q, k1, k2, k3, queue, T)
-  np.testing.assert_allclose(loss, np.mean(rows), rtol=1e-5)
+  np.testing.assert_allclose(loss, np.mean(rows), rtol=1e-12)
   np.testing.assert_allclose(metrics['inter_acc'], np.mean(correct))
 
 
@@ -49,7 +57,7 @@ def test_intra_frame_loss_matches_reference(rng):
       rows.append(cross_entropy_target0(logits))
       correct.append(logits[0] > logits[1])
   loss, metrics = losses.intra_frame_loss(q, k1, k2, k3, T)
-  np.testing.assert_allclose(loss, np.mean(rows), rtol=1e-5)
+  np.testing.assert_allclose(loss, np.mean(rows), rtol=1e-12)
   np.testing.assert_allclose(metrics['intra_acc'], np.mean(correct))
 
 
@@ -62,7 +70,7 @@ def test_video_loss_matches_reference(rng):
           for i in range(b)]
   correct = [qv[i] @ kv[i] > np.max(queue @ qv[i]) for i in range(b)]
   loss, metrics = losses.video_loss(qv, kv, queue, T)
-  np.testing.assert_allclose(loss, np.mean(rows), rtol=1e-5)
+  np.testing.assert_allclose(loss, np.mean(rows), rtol=1e-12)
   np.testing.assert_allclose(metrics['video_acc'], np.mean(correct))
 
 
@@ -71,7 +79,7 @@ def test_order_loss_matches_reference(rng):
   labels = rng.integers(0, 4, size=9)
   expected = np.mean([-(logits[i, labels[i]] - np.log(np.exp(logits[i]).sum())) for i in range(9)])
   loss, metrics = losses.order_loss(logits, labels)
-  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  np.testing.assert_allclose(loss, expected, rtol=1e-12)
   np.testing.assert_allclose(metrics['order_acc'], np.mean(np.argmax(logits, 1) == labels))
 
 

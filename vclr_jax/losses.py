@@ -73,6 +73,7 @@ def video_loss(q_video, k_video, queue, temperature):
 
 def order_loss(logits, labels):
   """4-way cross-entropy of the order classifier; returns the mean and {'order_acc'}."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.promote_types(jnp.float32, logits.dtype)),
+                                 axis=-1)
   nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
   return nll.mean(), {'order_acc': (jnp.argmax(logits, axis=-1) == labels).mean()}

@@ -18,6 +18,10 @@ import optax
 from vclr_jax.models.vclr import VCLR
 
 
+# float64 exists for numerical checks (two computations compared tightly), not for training.
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
+
+
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
@@ -38,10 +42,13 @@ class TrainState:
 def build_model(model_config: ml_collections.ConfigDict, *, bn_groups: int = 1,
                 bn_axis_name: str | None = None) -> VCLR:
   """The VCLR module described by ``config.model``, with the given BatchNorm grouping."""
-  dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}.get(model_config.compute_dtype)
+  dtype = COMPUTE_DTYPES.get(model_config.compute_dtype)
   if dtype is None:
-    raise ValueError("config.model.compute_dtype must be 'float32' or 'bfloat16', got "
+    raise ValueError(f'config.model.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got '
                      f'{model_config.compute_dtype!r}.')
+  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+    raise ValueError("config.model.compute_dtype='float64' needs 64-bit JAX: set "
+                     'JAX_ENABLE_X64=1 or run inside `with jax.enable_x64(True):`.')
   return VCLR(depth=model_config.depth, width_multiplier=model_config.width_multiplier,
               embed_dim=model_config.embed_dim, order_norm=model_config.order_norm,
               bn_groups=bn_groups, bn_axis_name=bn_axis_name, dtype=dtype)
@@ -112,7 +119,7 @@ def create_train_state(config: ml_collections.ConfigDict, num_train_videos: int,
   variables = model.init(init_rng, jnp.zeros((1, 3, size, size, 3), jnp.float32), train=False)
   params, batch_stats = variables['params'], variables['batch_stats']
   optimizer = make_optimizer(config, num_train_videos)
-  return TrainState(
+  state = TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       batch_stats=batch_stats,
@@ -128,3 +135,7 @@ def create_train_state(config: ml_collections.ConfigDict, num_train_videos: int,
       nonfinite_in_a_row=jnp.zeros((), jnp.int32),
       nonfinite_total=jnp.zeros((), jnp.int32),
   )
+  if model.dtype == jnp.float64:
+    # Parameters, statistics, momentum and queues in float64 too, so nothing rounds to float32.
+    state = jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, state)
+  return state

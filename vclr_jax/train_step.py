@@ -89,7 +89,8 @@ def _gathered(x):
 def _enqueue(queue, position, blocks):
   """Writes each (global batch, D) block at ``position`` in turn, wrapping at the queue's end."""
   for block in blocks:
-    queue = jax.lax.dynamic_update_slice(queue, block.astype(queue.dtype), (position, 0))
+    queue = jax.lax.dynamic_update_slice(queue, block.astype(queue.dtype),
+                                         (position, jnp.zeros_like(position)))
     position = (position + block.shape[0]) % queue.shape[0]
   return queue, position
 

@@ -38,7 +38,8 @@ def make_video_feature_fn(model: VCLR, mesh: Mesh):
     b, n = frames.shape[:2]
     feats = model.apply(variables, frames.reshape((b * n,) + frames.shape[2:]), train=False,
                         method='features')
-    return feats.reshape(b, n, -1).astype(np.float32).mean(axis=1)
+    # The cache stores float32; the mean runs in the backbone's accumulation dtype.
+    return feats.reshape(b, n, -1).mean(axis=1).astype(np.float32)
 
   return jax.jit(jax.shard_map(on_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
                                out_specs=P(DATA_AXIS)))

@@ -26,6 +26,15 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 
 
+def accumulation_dtype(dtype):
+  """The dtype of statistics and reductions: float32, or float64 when computing in float64.
+
+  bfloat16 and float32 compute accumulate in float32; float64 (jax_enable_x64, used by the
+  tests that compare two computations tightly) keeps float64 throughout.
+  """
+  return jnp.promote_types(jnp.float32, dtype)
+
+
 class BatchNorm(nn.Module):
   """torch.nn.BatchNorm2d semantics over NHWC, with grouped or cross-device statistics.
 
@@ -43,6 +52,7 @@ class BatchNorm(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     features = x.shape[-1]
+    accumulate = accumulation_dtype(self.dtype)
     scale = self.param('scale', nn.initializers.ones, (features,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
@@ -50,13 +60,13 @@ class BatchNorm(nn.Module):
 
     if not train:
       mean, var = ra_mean.value, ra_var.value
-      y = (x.astype(jnp.float32) - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+      y = (x.astype(accumulate) - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
       return y.astype(self.dtype)
 
     n = x.shape[0]
     if n % self.groups:
       raise ValueError(f'BatchNorm: batch of {n} does not split into {self.groups} groups.')
-    grouped = x.astype(jnp.float32).reshape((self.groups, n // self.groups) + x.shape[1:])
+    grouped = x.astype(accumulate).reshape((self.groups, n // self.groups) + x.shape[1:])
     reduce_axes = tuple(range(1, grouped.ndim - 1))
     mean = grouped.mean(axis=reduce_axes, keepdims=True)
     if self.axis_name is not None:
@@ -144,7 +154,7 @@ class ResNet(nn.Module):
     width_multiplier: scales every stage's width (1.0 is torchvision's); small values give
       the tiny models the tests and the demo use.
     bn_groups, bn_axis_name: see BatchNorm.
-    dtype: compute dtype (parameters stay float32).
+    dtype: compute dtype (parameters are created in float32).
   """
   depth: int = 50
   width_multiplier: float = 1.0
@@ -173,5 +183,5 @@ class ResNet(nn.Module):
         x = block_cls(width, stride, downsample, norm, self.dtype,
                       name=f'layer{stage + 1}_{index}')(x, train)
         in_features = width * block_cls.expansion
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return jnp.mean(x.astype(accumulation_dtype(self.dtype)), axis=(1, 2))
 

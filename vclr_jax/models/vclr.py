@@ -16,7 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vclr_jax.models.resnet import ResNet, feature_dim
+from vclr_jax.models.resnet import ResNet, accumulation_dtype, feature_dim
 
 HEADS = ('inter', 'intra', 'video', 'order')
 NUM_ORDER_CLASSES = 4
@@ -35,7 +35,7 @@ class TorchLinear(nn.Module):
         key, shape, dtype) - bound
     kernel = self.param('kernel', uniform, (fan_in, self.features), jnp.float32)
     bias = self.param('bias', uniform, (self.features,), jnp.float32)
-    return x.astype(jnp.float32) @ kernel + bias
+    return x.astype(accumulation_dtype(x.dtype)) @ kernel + bias
 
 
 def l2_normalize(x, axis=-1, eps=1e-12):
