@@ -4,10 +4,12 @@
       --config.model.compute_dtype=bfloat16 --steps=20
 
 Compiles the SPMD step of vclr_jax.train_step for the config, feeds it batches already in
-device memory (random frames in the layout of vclr_jax/batch.py; no TensorFlow, no input
-pipeline), and prints videos/s, frames/s through each encoder (3 per video online, 6 per
-video through the EMA key encoder), and achieved TFLOP/s with model FLOPs utilisation
-against the device's peak. FLOPs come from XLA's cost analysis of the compiled step.
+device memory (random uint8 frames on the config.data.frame_size canvas, in the layout of
+vclr_jax/batch.py; no TensorFlow, no input pipeline), and prints videos/s, frames/s through
+each encoder (3 per video online, 6 per video through the EMA key encoder), achieved
+TFLOP/s with model FLOPs utilisation against the device's peak (FLOPs from XLA's cost
+analysis of the compiled step), and the on-device augmentation's share of the step: the
+seven crops and colour work of the same batch timed alone, against the whole step.
 """
 
 import os
@@ -19,9 +21,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from vclr_jax import augment  # noqa: E402
 from vclr_jax import batch as batch_layout  # noqa: E402
 from vclr_jax import train_state as ts  # noqa: E402
 from vclr_jax import train_step as tstep  # noqa: E402
@@ -57,16 +62,35 @@ def device_peak_tflops(dtype: str) -> float | None:
   return None
 
 
-def random_host_batch(batch_size: int, image_size: int, seed: int) -> dict[str, np.ndarray]:
+def random_host_batch(batch_size: int, frame_size, seed: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
-  shapes = batch_layout.batch_shapes(batch_size, image_size)
-  batch = {name: rng.standard_normal(shape, dtype=np.float32)
-           for name, (shape, dtype) in shapes.items() if dtype == np.float32}
+  shape, _ = batch_layout.batch_shapes(batch_size, frame_size)['frames']
+  batch = {'frames': rng.integers(0, 256, shape, dtype=np.uint8)}
   batch['anchor'] = 2 * rng.integers(0, 2, batch_size).astype(np.int32)
   batch['query_perm'] = batch_layout.SHUFFLES[rng.integers(0, 4, batch_size)]
   batch['key_perm'] = np.tile(batch_layout.IDENTITY, (batch_size, 1))
   batch['order_label'] = batch_layout.order_label(batch['query_perm'], batch['key_perm'])
   return batch
+
+
+def time_augmentation(config, mesh, batches) -> float:
+  """Seconds per batch of the step's augmentation (crops and colour) compiled on its own."""
+  augment_config = augment.AugmentConfig.from_config(config.data.augment)
+
+  def on_device(batch):
+    views = tstep.augmented_views(batch, jax.random.key(0), config.data.image_size,
+                                  augment_config, jnp.float32)
+    # Reduced so that the timed work is the crops, not copying them out.
+    return sum(jnp.sum(views[name]) for name in ('query_frames', 'key_frames', 'x1'))[None]
+
+  fn = jax.jit(jax.shard_map(on_device, mesh=mesh, in_specs=P(tstep.DATA_AXIS),
+                             out_specs=P(tstep.DATA_AXIS)))
+  jax.block_until_ready(fn(batches[0]))
+  start = time.perf_counter()
+  for i in range(FLAGS.steps):
+    out = fn(batches[i % 2])
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / FLAGS.steps
 
 
 def main(argv):
@@ -77,7 +101,7 @@ def main(argv):
   tstep.check_divisibility(config, mesh.size)
   ts.check_queue_size(config)
   per_host = config.batch_size // jax.process_count()
-  batches = [to_global(random_host_batch(per_host, config.data.image_size, seed), mesh)
+  batches = [to_global(random_host_batch(per_host, tuple(config.data.frame_size), seed), mesh)
              for seed in range(2)]
   create = jax.jit(lambda rng: ts.create_train_state(config, FLAGS.num_videos, rng),
                    out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
@@ -101,13 +125,15 @@ def main(argv):
   jax.block_until_ready((state, metrics))
   seconds = (time.perf_counter() - start) / FLAGS.steps
 
+  augment_seconds = time_augmentation(config, mesh, batches)
   videos_per_sec = config.batch_size / seconds
   achieved = flops_per_step / seconds / 1e12
   peak = device_peak_tflops(config.model.compute_dtype)
   print(f'devices: {mesh.size} x {jax.devices()[0].device_kind} ({jax.default_backend()}), '
         f'JAX {jax.__version__}')
   print(f'model: ResNet-{config.model.depth} x{config.model.width_multiplier}, '
-        f'{config.data.image_size} px, {config.model.compute_dtype}, global batch '
+        f'{config.data.image_size} px crops of {tuple(config.data.frame_size)} frames, '
+        f'{config.model.compute_dtype}, global batch '
         f'{config.batch_size}, online BN {config.model.online_bn}, key BN {config.model.key_bn}')
   print(f'compile: {compile_seconds:.1f} s; step: {seconds * 1e3:.1f} ms over {FLAGS.steps} steps')
   print(f'videos/s: {videos_per_sec:.1f}')
@@ -116,6 +142,9 @@ def main(argv):
       else 'n/a (unknown device peak: pass --peak_tflops)'
   print(f'XLA FLOPs per step: {flops_per_step / 1e12:.3f} TFLOP; achieved {achieved:.2f} TFLOP/s; '
         f'MFU {mfu}')
+  print(f'on-device augmentation: {augment_seconds * 1e3:.1f} ms per batch alone, '
+        f'{100 * augment_seconds / seconds:.1f}% of the step (step without it: '
+        f'{(seconds - augment_seconds) * 1e3:.1f} ms)')
   print(f'final loss {float(metrics["loss"]):.4f} (finite: {np.isfinite(float(metrics["loss"]))})')
 
 

@@ -25,6 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
   config = k400.get_config()
   config.data.records_dir = 'data/synthetic_records'
   config.data.image_size = 96
+  # The synthetic videos are 96 to 160 px wide; the host resizes them onto this canvas.
+  config.data.frame_size = (120, 160)
   config.batch_size = 32
   config.num_epochs = 45
   config.queue_size = 64

@@ -15,6 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = 'synthetic'
   config.data.records_dir = 'data/synthetic_records'
   config.data.image_size = 96
+  config.data.frame_size = (120, 160)
   config.data.test_frames = 8
   config.data.crop_size = 96
   config.data.resize_short_side = 110

@@ -9,6 +9,8 @@ mmaction2's TSN recipe: dropout 0.4 before the classifier, SGD momentum 0.9, wei
 
 import ml_collections
 
+from configs import reader
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -27,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.test_frames = 25
   config.data.crop_size = 224  # test centre crop
   config.data.resize_short_side = 0  # 0: crop the frames as stored
+  reader.add_reader_fields(config.data, frame_size=(256, 340))  # training frames' canvas
 
   config.batch_size = 64  # global, videos
   config.test_batch_size = 16

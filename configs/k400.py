@@ -11,6 +11,8 @@ MoCo v2 / torchvision weights).
 
 import ml_collections
 
+from configs import reader
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -24,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.split = 'train'
   config.data.image_size = 224
   config.data.in_memory_videos = 256  # only for source='in_memory'
-  config.data.prefetch_batches = 2
+  reader.add_reader_fields(config.data, frame_size=(256, 340))
 
   config.batch_size = 256  # global, over all hosts and devices
   config.num_epochs = 400

@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline import augment
+from input_pipeline import frame_decoding
 from input_pipeline import record_stream
 from input_pipeline import records
 
@@ -28,30 +28,13 @@ def uniform_frame_indices(num_frames, count: int):
   return tf.cast(tf.round(positions), tf.int32) - 1
 
 
-def center_crop(images, crop_size: int, resize_short_side: int | None):
-  """(N, H, W, 3) uint8 -> (N, crop, crop, 3) float32 in [0, 1].
-
-  Without ``resize_short_side`` frames are cropped as they are (the reference crops 224 out of
-  340x256); frames smaller than the crop are padded with black. With it, frames are first
-  resized (bilinear, antialiased) so that their short side has that many pixels.
-  """
-  images = tf.cast(images, tf.float32) / 255.0
-  if resize_short_side:
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    scale = resize_short_side / tf.cast(tf.minimum(height, width), tf.float32)
-    new_size = tf.cast(tf.round(tf.cast(tf.stack([height, width]), tf.float32) * scale),
-                       tf.int32)
-    images = tf.image.resize(images, new_size, method='bilinear', antialias=True)
-  return tf.image.resize_with_crop_or_pad(images, crop_size, crop_size)
-
-
 def make_eval_example(serialized, num_frames: int, crop_size: int,
                       resize_short_side: int | None):
   video = records.parse_video(serialized)
   indices = uniform_frame_indices(tf.shape(video['frames'])[0], num_frames)
-  images = augment.decode_frames(tf.gather(video['frames'], indices))
+  images = frame_decoding.decode_frames(tf.gather(video['frames'], indices))
   return {
-      'frames': augment.normalize(center_crop(images, crop_size, resize_short_side)),
+      'frames': frame_decoding.center_crop(images, crop_size, resize_short_side),
       'label': video['label'],
       'video_index': video['video_index'],
       'mask': tf.constant(True),
@@ -75,8 +58,8 @@ def make_eval_iterator(records_dir: str, split: str, *, batch_size: int, num_fra
                        ) -> Iterator[dict[str, np.ndarray]]:
   """One pass over the split in fixed-size batches, in shard order.
 
-  Yields ``num_eval_batches(...)`` dicts: 'frames' (b, num_frames, crop, crop, 3) float32
-  ImageNet-normalised, 'label' (b,) int32 (-1 for unlabelled data and padding),
+  Yields ``num_eval_batches(...)`` dicts: 'frames' (b, num_frames, crop, crop, 3) uint8
+  (normalised on the device: vclr_jax.augment.normalize_uint8), 'label' (b,) int32 (-1 for unlabelled data and padding),
   'video_index' (b,) int32 (the video's position in the split's list; -1 for padding),
   'mask' (b,) bool (False for padding). Across hosts every video appears exactly once.
   """
@@ -86,7 +69,7 @@ def make_eval_iterator(records_dir: str, split: str, *, batch_size: int, num_fra
                                  process_count=process_count)
   host_videos = sum(shard['num_videos'] for shard in shards)
   padding = {
-      'frames': tf.zeros([num_frames, crop_size, crop_size, 3]),
+      'frames': tf.zeros([num_frames, crop_size, crop_size, 3], tf.uint8),
       'label': tf.constant(PADDING_INDEX),
       'video_index': tf.constant(PADDING_INDEX),
       'mask': tf.constant(False),

@@ -30,12 +30,26 @@ from input_pipeline import records
 
 
 @dataclasses.dataclass(frozen=True)
-class StreamOptions:
-  """Options that fix the order of the stream: a resumed run must use the same ones."""
+class ReaderOptions:
+  """How a training reader reads (config.data holds the same fields).
+
+  ``cycle_length`` and ``shuffle_buffer`` fix the order of the stream: a resumed run must use
+  the same ones. The others only change speed.
+  """
   cycle_length: int = 16  # Shards interleaved at once (read in parallel).
-  # Serialised videos held for shuffling (each holds all of a video's JPEGs: ~5 MB for a 10 s
-  # K400 clip at 30 fps, 340x256, so 256 of them is ~1.3 GB of host memory).
+  # Serialised videos held for shuffling (each holds all of a video's JPEGs: ~4 MB for a
+  # 300-frame K400 record at 340x256, so 256 of them is ~1 GB of host memory).
   shuffle_buffer: int = 256
+  num_parallel_calls: int = 0  # Threads that parse and decode; 0: tf.data.AUTOTUNE.
+  prefetch: int = 2  # Batches prepared ahead.
+
+  @classmethod
+  def from_config(cls, data_config) -> 'ReaderOptions':
+    return cls(**{f.name: data_config[f.name] for f in dataclasses.fields(cls)})
+
+  @property
+  def threads(self) -> int:
+    return self.num_parallel_calls or tf.data.AUTOTUNE
 
 
 def resolve_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -61,7 +75,7 @@ def host_shards(records_dir: str, split: str, process_index: int | None,
 
 
 def example_stream(shards: list[dict], *, seed: int, process_index: int, start_example: int,
-                   options: StreamOptions) -> tf.data.Dataset:
+                   options: ReaderOptions) -> tf.data.Dataset:
   """Endless dataset of (example seed (2,) int64, serialised record) from ``start_example``.
 
   ``start_example`` counts records of this host's stream from the very beginning (epoch 0).
@@ -120,8 +134,8 @@ def example_stream(shards: list[dict], *, seed: int, process_index: int, start_e
 def batched_examples(records_dir: str, split: str,
                      make_example: Callable[[tf.Tensor, tf.Tensor], dict], *, batch_size: int,
                      seed: int, start_step: int, process_index: int | None,
-                     process_count: int | None, num_parallel_calls: int,
-                     options: StreamOptions, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+                     process_count: int | None,
+                     options: ReaderOptions) -> Iterator[dict[str, np.ndarray]]:
   """Endless per-host NumPy batches of ``make_example(serialized, example_seed)``.
 
   Batch ``start_step`` of the run that started at 0 comes first (see the module docstring).
@@ -134,7 +148,7 @@ def batched_examples(records_dir: str, split: str,
                           start_example=start_step * batch_size, options=options)
   return (stream
           .map(lambda example_seed, serialized: make_example(serialized, example_seed),
-               num_parallel_calls=num_parallel_calls, deterministic=True)
+               num_parallel_calls=options.threads, deterministic=True)
           .batch(batch_size, drop_remainder=True)
-          .prefetch(prefetch)
+          .prefetch(options.prefetch)
           .as_numpy_iterator())

@@ -18,6 +18,7 @@ def tiny_config(**overrides):
   config.data.source = 'in_memory'
   config.data.in_memory_videos = 16
   config.data.image_size = 80
+  config.data.frame_size = (96, 96)  # the in-memory videos' canvas
   config.batch_size = 8
   config.queue_size = 48
   config.num_epochs = 4

@@ -73,6 +73,7 @@ def _finetune_config(records_dir, name, num_epochs):
   config.data.image_size = 48
   config.data.crop_size = 48
   config.data.resize_short_side = 56
+  config.data.frame_size = (60, 80)  # about the test frames' scale (short side 56)
   config.data.test_frames = 4
   config.batch_size = 8
   config.test_batch_size = 8

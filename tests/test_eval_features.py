@@ -11,20 +11,20 @@ from conftest import tiny_config
 from eval_fixtures import make_pretraining_run
 from vclr_jax import train_step
 from vclr_jax.evaluation import features
-from vclr_jax.in_memory_data import IMAGENET_MEAN, IMAGENET_STD, make_videos
+from vclr_jax import augment
+from vclr_jax.in_memory_data import make_videos
 from vclr_jax.models.vclr import VCLR
 
 NUM_VIDEOS, NUM_FRAMES, SIZE, BATCH = 11, 3, 48, 8
 
 
 def _batches():
-  """Eval-reader-shaped batches of in-memory videos, shuffled order, last batch padded."""
-  videos = make_videos(NUM_VIDEOS, NUM_FRAMES, SIZE, seed=3)
-  frames = (videos.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+  """Eval-reader-shaped batches of in-memory uint8 videos, shuffled order, last batch padded."""
+  frames = make_videos(NUM_VIDEOS, NUM_FRAMES, SIZE, seed=3)
   order = np.random.default_rng(0).permutation(NUM_VIDEOS)
   padded = -(-NUM_VIDEOS // BATCH) * BATCH
   pad = padded - NUM_VIDEOS
-  all_frames = np.concatenate([frames[order], np.zeros((pad,) + frames.shape[1:], np.float32)])
+  all_frames = np.concatenate([frames[order], np.zeros((pad,) + frames.shape[1:], np.uint8)])
   labels = np.concatenate([order % 4, -np.ones(pad, int)]).astype(np.int32)
   index = np.concatenate([order, -np.ones(pad, int)]).astype(np.int32)
   mask = np.arange(padded) < NUM_VIDEOS
@@ -49,8 +49,9 @@ def test_eight_devices_give_the_features_of_one_device():
     on_one = features.extract_features(model, variables, batches,
                                        train_step.make_mesh(jax.devices()[:1]), log=quiet)
     # And both are the plain per-frame features averaged over the video's frames.
-    direct = model.apply(variables, frames.reshape((-1, SIZE, SIZE, 3)).astype(np.float64),
-                         train=False, method='features').reshape(NUM_VIDEOS, NUM_FRAMES, -1).mean(1)
+    normalised = (frames.reshape((-1, SIZE, SIZE, 3)) / 255.0 - np.array(augment.IMAGENET_MEAN)
+                  ) / np.array(augment.IMAGENET_STD)
+    direct = model.apply(variables, normalised, train=False, method='features').reshape(NUM_VIDEOS, NUM_FRAMES, -1).mean(1)
   np.testing.assert_array_equal(on_eight['video_index'], np.arange(NUM_VIDEOS))
   np.testing.assert_array_equal(on_eight['labels'], np.arange(NUM_VIDEOS) % 4)
   assert on_eight['features'].dtype == np.float32

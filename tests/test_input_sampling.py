@@ -12,17 +12,16 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from input_pipeline import augment
 from input_pipeline import eval_reader
 from input_pipeline import prepare
+from input_pipeline import record_stream
 from input_pipeline import train_reader
 from input_pipeline import tsn_reader
 from input_pipeline import vclr_sampling
 from vclr_jax import batch as batch_layout
 
 VIDEO_LENGTHS = (6, 7, 8, 17, 30)
-NO_COLOUR = augment.AugmentConfig(jitter_probability=0.0, grayscale_probability=0.0,
-                                  blur_probability=0.0)
+FRAME_SIZE = (32, 40)  # the coded frames' own size: decoded, not resized
 ALLOWED_PERMS = {tuple(p) for p in batch_layout.SHUFFLES} | {(0, 1, 2)}
 
 
@@ -45,12 +44,12 @@ def index_coded_records(tmp_path_factory):
 
 
 def _decode_codes(frames):
-  """(..., S, S, 3) normalised constant crops -> (frame index, video length) int arrays."""
-  pixels = (frames.mean(axis=(-3, -2)) * augment.IMAGENET_STD + augment.IMAGENET_MEAN) * 255
+  """(..., H, W, 3) uint8 constant frames -> (frame index, video length) int arrays."""
+  pixels = frames.mean(axis=(-3, -2))
   return np.rint(pixels[..., 0] / 8).astype(int), np.rint(pixels[..., 1] / 8).astype(int)
 
 
-def _check_example_invariants(query, key, x1, anchor, query_perm, key_perm, length):
+def _check_example_invariants(query, key, anchor, query_perm, key_perm, length):
   starts = [0, length // 3, 2 * (length // 3)]
   ends = [length // 3, 2 * (length // 3), length]
   for segment in range(3):
@@ -58,7 +57,6 @@ def _check_example_invariants(query, key, x1, anchor, query_perm, key_perm, leng
     assert starts[segment] <= key[segment] < ends[segment]
     assert query[segment] != key[segment]
   assert anchor in (0, 2)
-  assert x1 == query[anchor]
   assert tuple(query_perm) in ALLOWED_PERMS and tuple(key_perm) in ALLOWED_PERMS
 
 
@@ -73,7 +71,7 @@ def test_index_sampling_invariants_and_frequencies():
   samples = {k: v.numpy() for k, v in samples.items()}
   for i in range(draws):
     query, key = samples['query_indices'][i], samples['key_indices'][i]
-    _check_example_invariants(query, key, query[samples['anchor'][i]], samples['anchor'][i],
+    _check_example_invariants(query, key, samples['anchor'][i],
                               samples['query_perm'][i], samples['key_perm'][i], length)
   np.testing.assert_array_equal(
       samples['order_label'], batch_layout.order_label(samples['query_perm'],
@@ -95,18 +93,18 @@ def test_index_sampling_invariants_and_frequencies():
 
 def test_train_reader_picks_frames_by_the_rules(index_coded_records):
   iterator = train_reader.make_train_iterator(
-      index_coded_records, 'train', batch_size=10, image_size=8, seed=3, process_index=0,
-      process_count=1, augment_config=NO_COLOUR, cycle_length=2)
+      index_coded_records, 'train', batch_size=10, frame_size=FRAME_SIZE, seed=3,
+      process_index=0, process_count=1, options=record_stream.ReaderOptions(cycle_length=2))
   seen_lengths = set()
   for _ in range(12):
     batch = next(iterator)
-    query, query_lengths = _decode_codes(batch['query_frames'])
-    key, key_lengths = _decode_codes(batch['key_frames'])
-    x1, x1_lengths = _decode_codes(batch['x1'])
+    assert batch['frames'].dtype == np.uint8 and batch['frames'].shape == (10, 6, 32, 40, 3)
+    indices, lengths = _decode_codes(batch['frames'])
+    query, key = indices[:, :3], indices[:, 3:]
     for i in range(10):
-      length = query_lengths[i, 0]
-      assert set(query_lengths[i]) | set(key_lengths[i]) | {x1_lengths[i]} == {length}
-      _check_example_invariants(query[i], key[i], x1[i], batch['anchor'][i],
+      length = lengths[i, 0]
+      assert set(lengths[i]) == {length}
+      _check_example_invariants(query[i], key[i], batch['anchor'][i],
                                 batch['query_perm'][i], batch['key_perm'][i], length)
       seen_lengths.add(length)
   assert seen_lengths == set(VIDEO_LENGTHS)
@@ -118,6 +116,7 @@ def test_eval_reader_takes_rounded_linspace_frames(index_coded_records):
       process_count=1))
   assert len(batches) == 2
   frames = np.concatenate([b['frames'] for b in batches])
+  assert frames.dtype == np.uint8  # normalised on the device
   mask = np.concatenate([b['mask'] for b in batches])
   assert mask.tolist() == [True] * 5 + [False] * 3
   indices, lengths = _decode_codes(frames[mask])
@@ -137,8 +136,8 @@ def test_uniform_frame_indices_match_numpy():
 def test_tsn_sampler_takes_one_frame_per_segment(index_coded_records):
   segments = 3
   iterator = tsn_reader.make_tsn_train_iterator(
-      index_coded_records, 'train', batch_size=5, image_size=8, num_segments=segments, seed=0,
-      process_index=0, process_count=1)
+      index_coded_records, 'train', batch_size=5, frame_size=FRAME_SIZE, num_segments=segments,
+      seed=0, process_index=0, process_count=1)
   picked = collections.defaultdict(set)
   for _ in range(8):
     indices, lengths = _decode_codes(next(iterator)['frames'])

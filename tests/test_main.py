@@ -16,6 +16,9 @@ TINY_FLAGS = [
     '--config.model.width_multiplier=0.125', '--config.num_epochs=30',
     '--config.optim.warmup_epochs=1', '--config.optim.base_lr=1.6',
     '--config.log_every_steps=5', '--config.checkpoint.every_steps=20',
+    # Crops and flips only (the drifting textures' identity is their colour), set from the CLI.
+    '--config.data.augment.jitter_probability=0', '--config.data.augment.grayscale_probability=0',
+    '--config.data.augment.blur_probability=0',
 ]
 
 

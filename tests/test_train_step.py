@@ -12,6 +12,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from conftest import tiny_config
+from vclr_jax import augment
 from vclr_jax import train_state as ts
 from vclr_jax import train_step as tstep
 from vclr_jax.global_batches import to_global
@@ -26,8 +27,21 @@ def videos():
 
 
 def source(config):
-  return InMemoryVideos(videos(), batch_size=config.batch_size, image_size=config.data.image_size,
-                        seed=config.seed)
+  return InMemoryVideos(videos(), batch_size=config.batch_size, seed=config.seed)
+
+
+def crops_of(batch, state, config):
+  """The step's seven crops per example, recomputed on the whole global batch at once."""
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  _, augment_key = jax.random.split(step_key)
+  b = len(batch['anchor'])
+  keys = augment.example_keys(augment_key, jnp.arange(b), 7)
+  sources = np.concatenate([np.tile(np.arange(6), (b, 1)), batch['anchor'][:, None]], axis=1)
+  crops = augment.augment_frames(jnp.asarray(batch['frames']), jnp.asarray(sources, jnp.int32),
+                                 keys, config.data.image_size,
+                                 augment.AugmentConfig.from_config(config.data.augment),
+                                 jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+  return np.asarray(crops)
 
 
 @functools.lru_cache(maxsize=None)
@@ -138,9 +152,9 @@ def _check_queues_receive_gathered_keys():
     other_a = np.where(batch['anchor'] == 0, 1, 0)
     other_b = np.where(batch['anchor'] == 2, 1, 2)
     rows = np.arange(b)
-    inputs = np.concatenate([batch['x1'], batch['query_frames'][rows, other_a],
-                             batch['query_frames'][rows, other_b],
-                             batch['key_frames'].reshape((3 * b,) + batch['x1'].shape[1:])])
+    crops = crops_of(batch, jax.device_get(state), config)
+    inputs = np.concatenate([crops[:, 6], crops[rows, other_a], crops[rows, other_b],
+                             crops[:, 3:6].reshape((3 * b,) + crops.shape[2:])])
     feats, _ = model.apply(ema, inputs, train=True, method='features', mutable=['batch_stats'])
     frame = model.apply(ema, feats[:3 * b], method='frame_embeddings')
     keys_seen['inter'].append(np.asarray(frame['inter']))  # k1, k2, k3 blocks in order

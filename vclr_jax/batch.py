@@ -1,22 +1,22 @@
 """The pretraining batch: the one contract between every data source and the train step.
 
 A batch is a dict of NumPy arrays (per host) or global jax.Arrays (sharded over the
-``data`` mesh axis on the leading dimension). ``B`` is the batch size, ``H``/``W`` the
-crop size, and every image is augmented independently and already normalised with the
-ImageNet mean/std (so roughly zero-mean, unit-variance floats).
+``data`` mesh axis on the leading dimension). ``B`` is the batch size and ``H``/``W`` the
+frame canvas (``config.data.frame_size``). Frames travel as decoded uint8, not crops: the
+seven random resized crops, flips and colour augmentation are cut inside the train step on
+the accelerator (vclr_jax/augment.py), so a 340x256 K400 example ships 1.57 MB instead of
+4.2 MB of float32 crops.
 
 ====================  ==============  ========  =============================================
 name                  shape           dtype     meaning
 ====================  ==============  ========  =============================================
-``query_frames``      (B, 3, H, W, 3) float32   query tuple, one frame per segment, in
-                                                temporal order (segment 0, 1, 2)
-``key_frames``        (B, 3, H, W, 3) float32   key tuple: the other frame drawn in each
-                                                segment, temporal order
-``x1``                (B, H, W, 3)    float32   the anchor's frame decoded again and
-                                                augmented independently
+``frames``            (B, 6, H, W, 3) uint8     the query tuple (positions 0-2, one frame per
+                                                segment, temporal order), then the key tuple
+                                                (3-5): the other frame drawn in each segment
 ``anchor``            (B,)            int32     segment of the anchor frame: 0 or 2. ``xq`` is
-                                                ``query_frames[:, anchor]``; ``x2``/``x3`` are
-                                                the other two query frames in temporal order
+                                                query crop ``anchor``; ``x2``/``x3`` are the
+                                                other two query crops in temporal order; ``x1``
+                                                is a second crop of frame ``anchor``
 ``query_perm``        (B, 3)          int32     order in which the query tuple's frames are
                                                 shown to the order head: identity, or one of
                                                 [0,2,1] [1,0,2] [1,2,0] [2,0,1]
@@ -25,10 +25,9 @@ name                  shape           dtype     meaning
 ====================  ==============  ========  =============================================
 
 Why tuples stay in temporal order with a separate permutation: ``xq``, ``x2`` and ``x3``
-are the very same augmented images as the query tuple (REFERENCE.md), so sending them once
-saves three of the seven crops, and the permutation is applied to the per-frame order
-embeddings inside the step, which is the same as shuffling the frames before the
-per-frame encoder.
+are the very same augmented images as the query tuple (REFERENCE.md), so they are cut once,
+and the permutation is applied to the per-frame order embeddings inside the step, which is
+the same as shuffling the frames before the per-frame encoder.
 """
 
 from __future__ import annotations
@@ -38,18 +37,18 @@ from typing import Mapping
 import numpy as np
 
 NUM_SEGMENTS = 3
+NUM_FRAMES = 2 * NUM_SEGMENTS  # decoded frames per example: query tuple, then key tuple
 # The four shuffles REFERENCE.md allows: every permutation of 3 but the identity and the reverse.
 SHUFFLES = np.array([[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1]], dtype=np.int32)
 IDENTITY = np.arange(NUM_SEGMENTS, dtype=np.int32)
 
 
-def batch_shapes(batch_size: int, image_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-  """Shape and dtype of every field, for a batch of ``batch_size`` at ``image_size`` px."""
-  b, s = batch_size, image_size
+def batch_shapes(batch_size: int, frame_size: tuple[int, int]
+                 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """Shape and dtype of every field, for ``batch_size`` examples on a (H, W) canvas."""
+  b, (h, w) = batch_size, frame_size
   return {
-      'query_frames': ((b, NUM_SEGMENTS, s, s, 3), np.dtype(np.float32)),
-      'key_frames': ((b, NUM_SEGMENTS, s, s, 3), np.dtype(np.float32)),
-      'x1': ((b, s, s, 3), np.dtype(np.float32)),
+      'frames': ((b, NUM_FRAMES, h, w, 3), np.dtype(np.uint8)),
       'anchor': ((b,), np.dtype(np.int32)),
       'query_perm': ((b, NUM_SEGMENTS), np.dtype(np.int32)),
       'key_perm': ((b, NUM_SEGMENTS), np.dtype(np.int32)),
@@ -57,9 +56,10 @@ def batch_shapes(batch_size: int, image_size: int) -> dict[str, tuple[tuple[int,
   }
 
 
-def check_batch(batch: Mapping[str, np.ndarray], batch_size: int, image_size: int) -> None:
+def check_batch(batch: Mapping[str, np.ndarray], batch_size: int,
+                frame_size: tuple[int, int]) -> None:
   """Raises ValueError naming every field whose name, shape or dtype breaks the layout."""
-  expected = batch_shapes(batch_size, image_size)
+  expected = batch_shapes(batch_size, frame_size)
   problems = []
   for name, (shape, dtype) in expected.items():
     if name not in batch:

@@ -3,8 +3,8 @@
 Used where TensorFlow is absent or unwanted: the accelerator benchmarks, the train-step
 tests, and ``config.data.source = 'in_memory'``. It follows the sampling of REFERENCE.md
 (segments, two distinct frames per segment, anchor in the first or last segment, the four
-shuffles) with a light augmentation (random crop and flip), and yields per-host batches in
-the layout of vclr_jax/batch.py. Batch ``i`` depends only on (seed, i, host), so a resumed
+shuffles) and yields per-host batches of uint8 frames in the layout of vclr_jax/batch.py;
+the train step augments them on the device. Batch ``i`` depends only on (seed, i, host), so a resumed
 run continues the same sequence.
 """
 
@@ -16,16 +16,17 @@ import numpy as np
 
 from vclr_jax import batch as batch_layout
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
-
-def make_videos(num_videos: int, num_frames: int, size: int, seed: int) -> np.ndarray:
-  """(N, F, size, size, 3) uint8 videos: a smooth random texture per video that drifts over time.
+def make_videos(num_videos: int, num_frames: int, size: int | tuple[int, int],
+                seed: int) -> np.ndarray:
+  """(N, F, H, W, 3) uint8 videos (``size`` = H = W, or (H, W)): a smooth random texture per
+  video that drifts over time.
 
   Each video is distinguishable by its texture, so instance discrimination has something
   to learn, and frames of one video differ by their drift, so temporal order is visible.
   """
+  height, width = (size, size) if isinstance(size, int) else size
+  size = max(height, width)
   rng = np.random.default_rng(seed)
   coarse = rng.uniform(0, 255, (num_videos, 6, 6, 3)).astype(np.float32)
   grid = np.linspace(0, 5, 2 * size, dtype=np.float32)
@@ -34,11 +35,11 @@ def make_videos(num_videos: int, num_frames: int, size: int, seed: int) -> np.nd
   rows = coarse[:, lo] * (1 - w[None, :, None]) + coarse[:, lo + 1] * w[None, :, None]
   texture = rows[:, :, lo] * (1 - w[None, None, :]) + rows[:, :, lo + 1] * w[None, None, :]
   drift = rng.integers(1, max(2, size // num_frames + 1), (num_videos, 2))
-  videos = np.empty((num_videos, num_frames, size, size, 3), np.uint8)
+  videos = np.empty((num_videos, num_frames, height, width, 3), np.uint8)
   for t in range(num_frames):
     for v in range(num_videos):
       dy, dx = (drift[v] * t) % size
-      videos[v, t] = texture[v, dy:dy + size, dx:dx + size]
+      videos[v, t] = texture[v, dy:dy + height, dx:dx + width]
   return videos
 
 
@@ -55,28 +56,15 @@ def sample_frame_indices(num_frames: int, rng: np.random.Generator):
 class InMemoryVideos:
   """Deterministic per-host VCLR batches from videos in memory."""
 
-  def __init__(self, videos: np.ndarray, *, batch_size: int, image_size: int, seed: int,
+  def __init__(self, videos: np.ndarray, *, batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1):
     if videos.shape[1] < 2 * batch_layout.NUM_SEGMENTS:
       raise ValueError(f'Videos need at least 6 frames for VCLR sampling, got {videos.shape[1]}.')
     self.videos = videos
     self.batch_size = batch_size
-    self.image_size = image_size
     self.seed = seed
     self.process_index = process_index
     self.process_count = process_count
-
-  def _crop(self, frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random square crop of 40-100% of the side, nearest-neighbour resize, flip, normalise."""
-    size = frame.shape[0]
-    side = int(rng.uniform(0.4, 1.0) * size)
-    top, left = rng.integers(0, size - side + 1, 2)
-    index = top + (np.arange(self.image_size) * side) // self.image_size
-    cols = left + (np.arange(self.image_size) * side) // self.image_size
-    out = frame[index][:, cols]
-    if rng.random() < 0.5:
-      out = out[:, ::-1]
-    return (out.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """The host's batch number ``step``: epoch-wise shuffled videos, one example each."""
@@ -97,9 +85,7 @@ class InMemoryVideos:
     query_perm = shuffles[rng.integers(4)] if rng.random() < 0.5 else batch_layout.IDENTITY
     key_perm = shuffles[rng.integers(4)] if rng.random() < 0.5 else batch_layout.IDENTITY
     return {
-        'query_frames': np.stack([self._crop(video[i], rng) for i in query_idx]),
-        'key_frames': np.stack([self._crop(video[i], rng) for i in key_idx]),
-        'x1': self._crop(video[query_idx[anchor]], rng),
+        'frames': video[np.concatenate([query_idx, key_idx])],
         'anchor': np.int32(anchor),
         'query_perm': query_perm,
         'key_perm': key_perm,

@@ -35,14 +35,16 @@ def host_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator
   per_host = config.batch_size // jax.process_count()
   if config.data.source == 'in_memory':
     videos = make_videos(config.data.in_memory_videos, IN_MEMORY_FRAMES,
-                         config.data.image_size * 5 // 4, config.seed)
-    return InMemoryVideos(videos, batch_size=per_host, image_size=config.data.image_size,
-                          seed=config.seed, process_index=jax.process_index(),
+                         tuple(config.data.frame_size), config.seed)
+    return InMemoryVideos(videos, batch_size=per_host, seed=config.seed,
+                          process_index=jax.process_index(),
                           process_count=jax.process_count()).iterate(start_step)
+  from input_pipeline import record_stream
   from input_pipeline import train_reader
   return train_reader.make_train_iterator(
       config.data.records_dir, config.data.split, batch_size=per_host,
-      image_size=config.data.image_size, seed=config.seed, start_step=start_step)
+      frame_size=tuple(config.data.frame_size), seed=config.seed, start_step=start_step,
+      options=record_stream.ReaderOptions.from_config(config.data))
 
 
 def resolve_shuffle_bn_groups(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -149,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
   train_step = train_step_lib.make_train_step(config, mesh, optimizer, learning_rate_fn)
   batches = global_batches.prefetch_to_mesh(host_batches(config, start_step), mesh,
-                                            config.data.prefetch_batches)
+                                            config.data.prefetch)
   logging.info('Training %s steps (%d per epoch, %d devices, %d hosts) from step %d in %s.',
                total_steps, steps_per_epoch, mesh.size, jax.process_count(), start_step, workdir)
 

@@ -1,6 +1,8 @@
 """The data-parallel VCLR train step: SPMD code over the 1-D ``data`` mesh under jax.shard_map.
 
 Per device, one step
+0. cuts the seven augmented crops of every example from its six uint8 frames
+   (vclr_jax/augment.py): the query tuple, the key tuple and x1, a second crop of the anchor;
 1. encodes [x1, x2, x3, key tuple] with the EMA key encoder (shuffle-BN or SyncBN), giving
    the keys k1, k2, k3 (inter and intra heads), the video key and the key order embeddings;
 2. encodes the query tuple with the online encoder (per-device BN or SyncBN); the anchor
@@ -20,7 +22,10 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vclr_jax import augment
+from vclr_jax import batch as batch_layout
 from vclr_jax import losses
+from vclr_jax.models.resnet import accumulation_dtype
 from vclr_jax.train_state import TrainState, build_model
 
 DATA_AXIS = 'data'
@@ -95,6 +100,30 @@ def _enqueue(queue, position, blocks):
   return queue, position
 
 
+def crop_keys(key, per_device: int, crops_per_example: int):
+  """(per_device, crops) keys of this device's examples, from their global batch positions."""
+  global_index = jax.lax.axis_index(DATA_AXIS) * per_device + jnp.arange(per_device)
+  return augment.example_keys(key, global_index, crops_per_example)
+
+
+def augmented_views(batch, key, image_size: int, config: augment.AugmentConfig, dtype):
+  """The crops the encoders see, from one device's shard of a batch of uint8 frames.
+
+  Returns ``batch`` with the frames replaced by 'query_frames' and 'key_frames' (B, 3, S, S, 3)
+  and 'x1' (B, S, S, 3). Crop c of the example at global position g draws from
+  fold_in(key, g), so every device count gives the same crops.
+  """
+  frames = batch['frames']
+  b = frames.shape[0]
+  keys = crop_keys(key, b, batch_layout.NUM_FRAMES + 1)
+  sources = jnp.concatenate([jnp.broadcast_to(jnp.arange(batch_layout.NUM_FRAMES),
+                                              (b, batch_layout.NUM_FRAMES)),
+                             batch['anchor'][:, None]], axis=1).astype(jnp.int32)
+  crops = augment.augment_frames(frames, sources, keys, image_size, config, dtype)
+  views = {name: value for name, value in batch.items() if name != 'frames'}
+  return dict(views, query_frames=crops[:, :3], key_frames=crops[:, 3:6], x1=crops[:, 6])
+
+
 def _key_encoder_outputs(key_model, state, batch, rng, shuffle: bool):
   """EMA-encoder embeddings of x1, x2, x3 and the key tuple, and its updated BN statistics."""
   frames, anchor = batch['query_frames'], batch['anchor']
@@ -166,8 +195,8 @@ def _online_loss(params, online_model, state, batch, keys, queues, loss_config):
 def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, learning_rate_fn):
   """The jitted step ``(state, batch) -> (state, metrics)``; the state is donated.
 
-  ``batch`` holds global arrays sharded over the mesh's data axis (vclr_jax/batch.py);
-  every returned metric is a replicated scalar averaged over the global batch.
+  ``batch`` holds global arrays sharded over the mesh's data axis (vclr_jax/batch.py: uint8
+  frames; the crops are cut in the step); every returned metric is a replicated scalar averaged over the global batch.
   """
   check_bn_config(config.model)
   shuffle = config.model.key_bn == 'shuffle'
@@ -177,9 +206,14 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, le
       config.model, bn_groups=config.model.shuffle_bn_groups_per_device if shuffle else 1,
       bn_axis_name=None if shuffle else DATA_AXIS)
   momentum = config.ema_momentum
+  augment_config = augment.AugmentConfig.from_config(config.data.augment)
+  augment_dtype = accumulation_dtype(online_model.dtype)
 
   def step_on_device(state: TrainState, batch):
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    rng, augment_rng = jax.random.split(
+        jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
+    batch = augmented_views(batch, augment_rng, config.data.image_size, augment_config,
+                            augment_dtype)
     keys, ema_batch_stats = _key_encoder_outputs(key_model, state, batch, rng, shuffle)
     queues = (state.queue_inter, state.queue_video)
     grad_fn = jax.grad(_online_loss, has_aux=True)

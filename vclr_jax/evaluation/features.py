@@ -24,7 +24,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec as P
 
 from vclr_jax import global_batches
-from vclr_jax.in_memory_data import IMAGENET_MEAN, IMAGENET_STD
+from vclr_jax import augment
+from vclr_jax.models.resnet import accumulation_dtype
 from vclr_jax.models.vclr import VCLR
 from vclr_jax.train_step import DATA_AXIS
 
@@ -32,10 +33,12 @@ SETTINGS_KEY = 'settings_json'
 
 
 def make_video_feature_fn(model: VCLR, mesh: Mesh):
-  """jit(variables, (B, N, H, W, 3) frames sharded over data) -> (B, F) frame-averaged features."""
+  """jit(variables, (B, N, H, W, 3) uint8 frames sharded over data) -> (B, F) frame-averaged
+  features; the frames are normalised on the device."""
 
   def on_device(variables, frames):
     b, n = frames.shape[:2]
+    frames = augment.normalize_uint8(frames, accumulation_dtype(model.dtype))
     feats = model.apply(variables, frames.reshape((b * n,) + frames.shape[2:]), train=False,
                         method='features')
     # The cache stores float32; the mean runs in the backbone's accumulation dtype.
@@ -46,12 +49,11 @@ def make_video_feature_fn(model: VCLR, mesh: Mesh):
 
 
 def middle_thumbnail(frames: np.ndarray, size: int) -> np.ndarray:
-  """(B, N, H, W, 3) normalised frames -> (B, size, size, 3) uint8 of each video's middle frame."""
+  """(B, N, H, W, 3) uint8 frames -> (B, size, size, 3) uint8 of each video's middle frame."""
   middle = frames[:, frames.shape[1] // 2]
   rows = np.arange(size) * middle.shape[1] // size
   cols = np.arange(size) * middle.shape[2] // size
-  pixels = middle[:, rows][:, :, cols] * IMAGENET_STD + IMAGENET_MEAN
-  return np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+  return middle[:, rows][:, :, cols]
 
 
 def extract_features(model: VCLR, variables: dict, host_batches: Iterable[dict[str, np.ndarray]],

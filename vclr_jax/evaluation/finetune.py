@@ -3,7 +3,7 @@
 The network is the pretraining run's ResNet backbone (initialised from its online encoder, or
 randomly), dropout and a linear classifier applied to each of k segment frames, with the
 segments' logits averaged (average consensus). Training: one random frame per segment,
-random resized crop and flip (input_pipeline/tsn_reader.py), SGD with momentum and weight
+random resized crop and flip cut on the device (vclr_jax/augment.py), SGD with momentum and weight
 decay, the learning rate multiplied by decay_factor at each of decay_epochs. Testing: N
 uniform centre-cropped frames per video, each frame a segment, the predictions averaged.
 
@@ -27,6 +27,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from vclr_jax import augment
 from vclr_jax import checkpointing
 from vclr_jax import global_batches
 from vclr_jax import train
@@ -109,16 +110,27 @@ def _initial_state(config, workdir, model, optimizer, mesh):
   return jax.device_put(state, NamedSharding(mesh, P())), source, step
 
 
-def make_train_step(model: TSN, optimizer, mesh):
-  """jit((state, batch) -> (state, metrics)) over the data mesh; BN statistics are synchronised."""
+def make_train_step(model: TSN, optimizer, mesh, image_size: int,
+                    crop_config: augment.AugmentConfig):
+  """jit((state, batch) -> (state, metrics)) over the data mesh; BN statistics are synchronised.
+
+  ``batch['frames']`` holds (B, K, H, W, 3) uint8 segment frames; each gets a random resized
+  crop and flip of ``crop_config`` here, with the pretraining step's code.
+  """
+  crop_config = crop_config.crops_only()
 
   def on_device(state: FinetuneState, batch):
-    rng = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step),
-                             jax.lax.axis_index(DATA_AXIS))
+    step_key, crop_key = jax.random.split(
+        jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
+    rng = jax.random.fold_in(step_key, jax.lax.axis_index(DATA_AXIS))
+    b, k = batch['frames'].shape[:2]
+    sources = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k))
+    frames = augment.augment_frames(batch['frames'], sources, train_step.crop_keys(crop_key, b, k),
+                                    image_size, crop_config)
 
     def loss_fn(params):
       logits, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                    batch['frames'], train=True, rngs={'dropout': rng},
+                                    frames, train=True, rngs={'dropout': rng},
                                     mutable=['batch_stats'])
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
       accuracy = (logits.argmax(-1) == batch['label']).mean()
@@ -149,8 +161,8 @@ def evaluate_tsn(model: TSN, state: FinetuneState, config, mesh, log=print) -> d
 
   def on_device(state, frames):
     # Every test frame is a segment: the model's average consensus averages their logits.
-    return model.apply({'params': state.params, 'batch_stats': state.batch_stats}, frames,
-                       train=False)
+    return model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                       augment.normalize_uint8(frames), train=False)
 
   predict = jax.jit(jax.shard_map(on_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
                                   out_specs=P(DATA_AXIS)))
@@ -170,6 +182,7 @@ def evaluate_tsn(model: TSN, state: FinetuneState, config, mesh, log=print) -> d
 
 def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict[str, float]:
   """Fine-tunes (resuming if RUN/finetune/<name> holds a checkpoint), tests, records the result."""
+  from input_pipeline import record_stream
   from input_pipeline import records
   from input_pipeline import tsn_reader
   data = config.data
@@ -197,13 +210,14 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
     log(f'Resumed fine-tuning from {manager.directory} at step {int(state.step)}.')
   checkpointing.write_run_config(out_dir, config)
   start_step = int(jax.device_get(state.step))
-  step_fn = make_train_step(model, optimizer, mesh)
+  step_fn = make_train_step(model, optimizer, mesh, data.image_size,
+                            augment.AugmentConfig.from_config(data.augment))
   batches = global_batches.prefetch_to_mesh(
       tsn_reader.make_tsn_train_iterator(
           data.records_dir, data.train_split, batch_size=config.batch_size // jax.process_count(),
-          image_size=data.image_size, num_segments=data.num_segments, seed=config.seed,
-          start_step=start_step),
-      mesh)
+          frame_size=tuple(data.frame_size), num_segments=data.num_segments, seed=config.seed,
+          start_step=start_step, options=record_stream.ReaderOptions.from_config(data)),
+      mesh, data.prefetch)
   log(f'TSN fine-tuning {source} on {config.dataset}: steps {start_step}..{total_steps} '
       f'({steps_per_epoch} per epoch, {data.num_segments} segments) in {out_dir}.')
   stop = train.StopRequested()

@@ -1,0 +1,23 @@
+"""The reader and augmentation fields every training config shares (config.data)."""
+
+import ml_collections
+
+from vclr_jax import augment
+
+
+def add_reader_fields(data: ml_collections.ConfigDict, frame_size=(256, 340)) -> None:
+  """Adds the host reader's knobs and the device augmentation's parameters to ``data``.
+
+  frame_size: (height, width) of the uint8 canvas the host decodes onto; the K400, UCF101
+    and HMDB51 recipes prepare frames at 340x256, which costs nothing extra.
+  cycle_length, shuffle_buffer: shards interleaved and records shuffled (they fix the order
+    of the stream: a resumed run keeps them). num_parallel_calls: decoding threads (0: tf.data
+    AUTOTUNE). prefetch: batches prepared ahead on the host and on the devices.
+  augment: the MoCo v2 recipe applied on the device (vclr_jax/augment.py).
+  """
+  data.frame_size = tuple(frame_size)
+  data.cycle_length = 16
+  data.shuffle_buffer = 256
+  data.num_parallel_calls = 0
+  data.prefetch = 2
+  data.augment = ml_collections.ConfigDict(augment.default_augment_config_dict())

@@ -1,0 +1,206 @@
+"""The device augmentation (vclr_jax/augment.py) against torchvision, and its statistics."""
+
+import collections
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from conftest import tiny_config
+from vclr_jax import augment
+from vclr_jax import train_step
+from vclr_jax.in_memory_data import InMemoryVideos, make_videos
+from vclr_jax.interop.torchvision_compat import import_torchvision
+
+TF = import_torchvision().transforms
+F = TF.functional
+RECIPE = augment.AugmentConfig()
+
+
+def natural_image(height, width, seed):
+  """A photo-like uint8 image: smooth shading, a few hard-edged shapes, mild noise."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+  image = np.stack([0.5 + 0.4 * np.sin(6 * xx * rng.uniform(0.5, 2) + c) * np.cos(4 * yy + c)
+                    for c in range(3)], -1)
+  for _ in range(6):
+    cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.2)
+    image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, 3)
+  image += rng.normal(0, 0.02, image.shape)
+  return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def torch_image(array):
+  """(H, W, 3) array -> (3, H, W) float tensor."""
+  return torch.from_numpy(np.ascontiguousarray(array, np.float32)).permute(2, 0, 1)
+
+
+def to_numpy(tensor):
+  return tensor.permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize('box, size, flip', [
+    ((0, 0, 256, 340, 224), 224, False),   # the whole K400 frame, downscaled
+    ((31, 50, 120, 160, 224), 224, True),  # a small box, upscaled, mirrored
+    ((100, 7, 150, 90, 96), 96, False),    # tall box, downscaled 1.6x in y
+    ((5, 200, 60, 139, 112), 112, True)])
+def test_crop_matches_torchvision_resized_crop_with_antialias(box, size, flip):
+  image = natural_image(256, 340, seed=sum(box))
+  top, left, h, w, _ = box
+  expected = F.resized_crop(torch_image(image), top, left, h, w, [size, size], antialias=True)
+  if flip:
+    expected = F.hflip(expected)
+  ours = augment.crop_and_resize(jnp.asarray(image), top, left, h, w, flip, size)
+  # Float on both sides; MoCo's PIL path rounds to uint8 after each pass (up to 1/255 more).
+  np.testing.assert_allclose(np.asarray(ours), to_numpy(expected) / 255, atol=2 / 255, rtol=0)
+  assert np.abs(np.asarray(ours) - to_numpy(expected) / 255).max() < 1e-4
+
+
+@pytest.mark.parametrize('name, factor', [
+    ('brightness', 0.65), ('brightness', 1.35), ('contrast', 0.7), ('contrast', 1.4),
+    ('saturation', 0.6), ('saturation', 1.4), ('hue', -0.1), ('hue', 0.04), ('hue', 0.1)])
+def test_colour_ops_match_torchvision(name, factor):
+  image = natural_image(40, 56, seed=3).astype(np.float32) / 255
+  ours = getattr(augment, f'adjust_{name}')(jnp.asarray(image), factor)
+  expected = getattr(F, f'adjust_{name}')(torch_image(image), factor)
+  np.testing.assert_allclose(np.asarray(ours), to_numpy(expected), atol=1 / 255, rtol=0)
+  assert np.abs(np.asarray(ours) - to_numpy(expected)).max() < 1e-5
+
+
+def test_grayscale_and_blur_match_torchvision():
+  image = natural_image(48, 48, seed=4).astype(np.float32) / 255
+  gray = augment.grayscale(jnp.asarray(image))
+  np.testing.assert_allclose(np.asarray(gray)[..., 0],
+                             F.rgb_to_grayscale(torch_image(image))[0].numpy(), atol=1e-6)
+  for sigma in (0.3, 1.1, 2.0):
+    radius = augment.blur_radius(48, RECIPE)  # 3 sigma_max at 48 px: 2 taps a side
+    weights = augment.blur_weights(sigma, 48, radius)
+    ours = jnp.einsum('sh,hwc,tw->stc', weights, jnp.asarray(image), weights)
+    expected = F.gaussian_blur(torch_image(image), [2 * radius + 1] * 2, [sigma, sigma])
+    np.testing.assert_allclose(np.asarray(ours), to_numpy(expected), atol=1e-5, rtol=0)
+
+
+def test_constant_image_without_colour_ops_is_normalised_exactly():
+  colour = np.array([200, 100, 30], np.uint8)
+  frames = jnp.asarray(np.broadcast_to(colour, (2, 3, 30, 40, 3)))
+  keys = augment.example_keys(jax.random.key(0), jnp.arange(2), 4)
+  sources = jnp.asarray([[0, 1, 2, 0]] * 2, jnp.int32)
+  out = augment.augment_frames(frames, sources, keys, 24, RECIPE.crops_only())
+  assert out.shape == (2, 4, 24, 24, 3) and out.dtype == jnp.float32
+  expected = (colour / 255 - np.array(augment.IMAGENET_MEAN)) / np.array(augment.IMAGENET_STD)
+  np.testing.assert_allclose(np.asarray(out), np.broadcast_to(expected, out.shape), atol=1e-5)
+
+
+def _many_params(draws, height=256, width=340, config=RECIPE):
+  keys = jax.random.split(jax.random.key(11), draws)
+  params = jax.jit(jax.vmap(lambda k: augment.crop_params(k, height, width, config)))(keys)
+  return jax.tree.map(np.asarray, params)
+
+
+def test_crop_boxes_follow_torchvision_get_params():
+  draws, height, width = 4000, 256, 340
+  params = _many_params(draws)
+  top, left, h, w = (params[k] for k in ('top', 'left', 'height', 'width'))
+  assert np.all((top >= 0) & (left >= 0) & (top + h <= height) & (left + w <= width))
+  torch.manual_seed(0)
+  dummy = torch.zeros(3, height, width)
+  reference = np.array([TF.RandomResizedCrop.get_params(dummy, [0.2, 1.0], [3 / 4, 4 / 3])
+                        for _ in range(draws)])
+  ours = np.stack([top, left, h, w], 1)
+  for name, column in (('area', lambda b: b[:, 2] * b[:, 3] / (height * width)),
+                       ('log aspect', lambda b: np.log(b[:, 3] / b[:, 2])),
+                       ('centre y', lambda b: (b[:, 0] + b[:, 2] / 2) / height),
+                       ('centre x', lambda b: (b[:, 1] + b[:, 3] / 2) / width)):
+    a, r = column(ours), column(reference)
+    # Means within 4 standard errors of the difference, and matching deciles.
+    assert abs(a.mean() - r.mean()) < 4 * math.sqrt(a.var() / draws + r.var() / draws), name
+    np.testing.assert_allclose(np.quantile(a, np.linspace(0.1, 0.9, 9)),
+                               np.quantile(r, np.linspace(0.1, 0.9, 9)), atol=0.04, err_msg=name)
+
+
+def test_crop_falls_back_to_the_centre_when_nothing_fits():
+  top, left, h, w = (int(v) for v in augment.random_resized_crop_box(jax.random.key(0), 10, 1000))
+  assert (h, w) == (10, round(10 * 4 / 3))
+  assert (top, left) == (0, (1000 - w) // 2)
+
+
+def test_probabilities_factor_ranges_and_jitter_order():
+  draws = 6000
+  params = _many_params(draws)
+  for name, p in (('flip', 0.5), ('jitter', 0.8), ('gray', 0.2), ('blur', 0.5)):
+    assert abs(params[name].mean() - p) < 5 * math.sqrt(p * (1 - p) / draws), name
+  for name, (low, high) in (('brightness', (0.6, 1.4)), ('contrast', (0.6, 1.4)),
+                            ('saturation', (0.6, 1.4)), ('hue', (-0.1, 0.1)),
+                            ('sigma', (0.1, 2.0))):
+    values = params[name]
+    assert values.min() >= low and values.max() <= high, name
+    # Uniform: mean and variance of U(low, high) within 5 standard errors.
+    assert abs(values.mean() - (low + high) / 2) < 5 * (high - low) / math.sqrt(12 * draws)
+    assert abs(values.var() - (high - low) ** 2 / 12) < 5 * (high - low) ** 2 / 12 * math.sqrt(
+        0.8 / draws), name
+  counts = collections.Counter(tuple(order) for order in params['order'])
+  assert set(counts) == set(itertools.permutations(range(4)))
+  expected = draws / 24
+  chi_square = sum((n - expected) ** 2 / expected for n in counts.values())
+  assert chi_square < 49.7  # the 0.999 quantile of chi-square with 23 degrees of freedom
+
+
+def test_colour_ops_apply_as_drawn():
+  """A drawn crop equals the ops applied by hand (torchvision functions) with its parameters."""
+  image = natural_image(60, 80, seed=9)
+  params = _many_params(64, 60, 80)
+  names = ('brightness', 'contrast', 'saturation', 'hue')
+  out = jax.vmap(lambda p: augment.augment_crop(jnp.asarray(image), p, 32, RECIPE))(params)
+  checked = set()
+  for i in range(64):
+    p = {k: v[i] for k, v in params.items()}
+    x = F.resized_crop(torch_image(image), int(p['top']), int(p['left']), int(p['height']),
+                       int(p['width']), [32, 32], antialias=True) / 255
+    x = F.hflip(x) if p['flip'] else x
+    if p['jitter']:
+      for op in p['order']:
+        x = getattr(F, f'adjust_{names[op]}')(x, float(p[names[op]]))
+    if p['gray']:
+      x = F.rgb_to_grayscale(x, num_output_channels=3)
+    if p['blur']:
+      radius = augment.blur_radius(32, RECIPE)
+      sigma = float(p['sigma']) * 32 / augment.BLUR_REFERENCE_SIZE
+      x = F.gaussian_blur(x, [2 * radius + 1] * 2, [sigma, sigma])
+    x = F.normalize(x, augment.IMAGENET_MEAN, augment.IMAGENET_STD)
+    # 1/255 on the [0, 1] scale is 1/(255 std) after normalisation.
+    np.testing.assert_allclose(np.asarray(out[i]), to_numpy(x), rtol=0,
+                               atol=1 / 255 / min(augment.IMAGENET_STD), err_msg=str(i))
+    checked.update(k for k in ('jitter', 'gray', 'blur', 'flip') if p[k])
+  assert checked == {'jitter', 'gray', 'blur', 'flip'}
+
+
+def _views(num_devices, batch):
+  mesh = train_step.make_mesh(jax.devices()[:num_devices])
+  config = augment.AugmentConfig()
+
+  def on_device(batch):
+    views = train_step.augmented_views(batch, jax.random.key(5), 80, config, jnp.float32)
+    return views['query_frames'], views['key_frames'], views['x1']
+
+  fn = jax.jit(jax.shard_map(on_device, mesh=mesh, in_specs=P('data'),
+                             out_specs=(P('data'),) * 3))
+  sharded = jax.device_put(batch, NamedSharding(mesh, P('data')))
+  return [np.asarray(x) for x in fn(sharded)]
+
+
+def test_same_global_batch_gives_the_same_crops_on_one_and_eight_devices():
+  videos = make_videos(16, 12, (90, 120), seed=1)
+  batch = InMemoryVideos(videos, batch_size=16, seed=0).batch(0)
+  one, eight = _views(1, batch), _views(8, batch)
+  for a, b in zip(one, eight):
+    # The same draws and the same per-crop arithmetic: float32 matmuls may block differently
+    # with the batch, so allow a few ulp of the normalised scale (|x| < 2.7).
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+  query, key, x1 = one
+  assert not np.allclose(x1, query[np.arange(16), batch['anchor']])  # x1: a second crop
+  assert not np.allclose(query[0], query[1])
