@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import tqdm
 
+from input_pipeline import frame_index
 from input_pipeline import records
 from input_pipeline import sources
 from input_pipeline import video_decoding
@@ -80,6 +81,7 @@ def write_shard(task: ShardTask) -> dict:
   seconds = 0.0
   skipped = []
   tmp_path = task.record_path + '.tmp'
+  frames = frame_index.ShardIndexBuilder()
   with tf.io.TFRecordWriter(tmp_path) as writer:
     for video_index, entry in task.entries:
       try:
@@ -92,14 +94,17 @@ def write_shard(task: ShardTask) -> dict:
         # job of hours: record it like any other unusable input.
         skipped.append((entry.name, f'unexpected error: {type(error).__name__}: {error}'))
         continue
-      writer.write(records.serialize_video(
+      serialized = records.serialize_video(
           jpeg_frames=video.jpeg_frames, label_index=entry.label_index,
           label_string=entry.label_string, filename=entry.name, video_index=video_index,
-          fps=video.fps, height=video.height, width=video.width))
+          fps=video.fps, height=video.height, width=video.width)
+      writer.write(serialized)
+      frames.add(serialized, video.jpeg_frames)
       num_videos += 1
       num_frames += len(video.jpeg_frames)
       seconds += len(video.jpeg_frames) / video.fps
   os.replace(tmp_path, task.record_path)
+  frames.save(frame_index.index_path(task.record_path))
   summary = {'path': os.path.basename(task.record_path), 'num_videos': num_videos,
              'num_frames': num_frames, 'seconds': seconds, 'skipped': skipped}
   records.write_json_atomically(task.summary_path, summary)

@@ -75,10 +75,15 @@ def host_shards(records_dir: str, split: str, process_index: int | None,
 
 
 def example_stream(shards: list[dict], *, seed: int, process_index: int, start_example: int,
-                   options: ReaderOptions) -> tf.data.Dataset:
-  """Endless dataset of (example seed (2,) int64, serialised record) from ``start_example``.
+                   options: ReaderOptions,
+                   shard_elements: Callable[[tf.Tensor], tf.data.Dataset] | None = None
+                   ) -> tf.data.Dataset:
+  """Endless dataset of (example seed (2,) int64, element) from ``start_example``.
 
   ``start_example`` counts records of this host's stream from the very beginning (epoch 0).
+  The element is the serialised record, or what ``shard_elements(shard number)`` yields for
+  each record of a shard (in record order; the training reader yields video numbers and
+  reads only the frames it samples).
   """
   host_videos = sum(shard['num_videos'] for shard in shards)
   if host_videos == 0:
@@ -86,6 +91,8 @@ def example_stream(shards: list[dict], *, seed: int, process_index: int, start_e
         f'Host {process_index} got {len(shards)} shards with no videos. Prepare the split with '
         'more shards (--num_shards of at least the number of hosts) or run on fewer hosts.')
   paths = tf.constant([shard['path'] for shard in shards])
+  if shard_elements is None:
+    shard_elements = lambda shard: tf.data.TFRecordDataset(tf.gather(paths, shard))
   sizes = tf.constant([shard['num_videos'] for shard in shards], tf.int64)
   num_shards = len(shards)
   cycle_length = min(options.cycle_length, num_shards)
@@ -107,20 +114,19 @@ def example_stream(shards: list[dict], *, seed: int, process_index: int, start_e
     group_key = tf.random.experimental.stateless_fold_in(epoch_key, 1)
 
     def group_records(group):
-      files = tf.gather(paths, order[group * cycle_length:(group + 1) * cycle_length])
+      group_shards = order[group * cycle_length:(group + 1) * cycle_length]
       shuffle_seed = tf.random.stateless_uniform(
           [], seed=tf.random.experimental.stateless_fold_in(group_key, group),
           minval=0, maxval=2**62, dtype=tf.int64)
-      return (tf.data.Dataset.from_tensor_slices(files)
-              .interleave(tf.data.TFRecordDataset, cycle_length=cycle_length, block_length=1,
+      return (tf.data.Dataset.from_tensor_slices(group_shards)
+              .interleave(shard_elements, cycle_length=cycle_length, block_length=1,
                           num_parallel_calls=cycle_length, deterministic=True)
               .shuffle(options.shuffle_buffer, seed=shuffle_seed))
 
     example_key = tf.random.experimental.stateless_fold_in(epoch_key, 2)
 
-    def with_seed(position, serialized):
-      return (tf.random.experimental.stateless_fold_in(example_key, skip + position),
-              serialized)
+    def with_seed(position, element):
+      return (tf.random.experimental.stateless_fold_in(example_key, skip + position), element)
 
     return (tf.data.Dataset.range(first_group, num_groups)
             .flat_map(group_records)
@@ -134,20 +140,24 @@ def example_stream(shards: list[dict], *, seed: int, process_index: int, start_e
 def batched_examples(records_dir: str, split: str,
                      make_example: Callable[[tf.Tensor, tf.Tensor], dict], *, batch_size: int,
                      seed: int, start_step: int, process_index: int | None,
-                     process_count: int | None,
-                     options: ReaderOptions) -> Iterator[dict[str, np.ndarray]]:
-  """Endless per-host NumPy batches of ``make_example(serialized, example_seed)``.
+                     process_count: int | None, options: ReaderOptions,
+                     shard_elements_of: Callable[[list[dict]], Callable] | None = None
+                     ) -> Iterator[dict[str, np.ndarray]]:
+  """Endless per-host NumPy batches of ``make_example(element, example_seed)``.
 
-  Batch ``start_step`` of the run that started at 0 comes first (see the module docstring).
+  The element is the serialised record, or, with ``shard_elements_of``, what the function it
+  returns for this host's shards yields (see example_stream). Batch ``start_step`` of the run
+  that started at 0 comes first (see the module docstring).
   """
   if batch_size <= 0 or start_step < 0:
     raise ValueError(f'batch_size={batch_size} must be positive and start_step={start_step} '
                      'non-negative.')
   shards, process_index, _ = host_shards(records_dir, split, process_index, process_count)
   stream = example_stream(shards, seed=seed, process_index=process_index,
-                          start_example=start_step * batch_size, options=options)
+                          start_example=start_step * batch_size, options=options,
+                          shard_elements=shard_elements_of(shards) if shard_elements_of else None)
   return (stream
-          .map(lambda example_seed, serialized: make_example(serialized, example_seed),
+          .map(lambda example_seed, element: make_example(element, example_seed),
                num_parallel_calls=options.threads, deterministic=True)
           .batch(batch_size, drop_remainder=True)
           .prefetch(options.prefetch)

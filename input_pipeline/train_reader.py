@@ -1,9 +1,11 @@
 """The VCLR pretraining reader: endless per-host uint8 batches, layout of vclr_jax/batch.py.
 
-The host reads, samples and decodes; nothing else. Per example it parses the record, draws
-VCLR's six frame indices, decodes only those six JPEGs onto the ``frame_size`` canvas and
-ships them as uint8 with the sampling labels. Crops, flips and colour augmentation run on
-the accelerator inside the train step (vclr_jax/augment.py).
+The host reads, samples and decodes; nothing else. Per example it draws VCLR's six frame
+indices from the video's frame count, reads only those six JPEGs from the shard (byte
+ranges from the frame index, input_pipeline/frame_index.py: about 80 KB of a 3.9 MB K400
+record), decodes them onto the ``frame_size`` canvas and ships them as uint8 with the
+sampling labels. Crops, flips and colour augmentation run on the accelerator inside the
+train step (vclr_jax/augment.py).
 """
 
 from __future__ import annotations
@@ -13,38 +15,60 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline import record_stream
-from input_pipeline import records
 from input_pipeline import frame_decoding
+from input_pipeline import frame_index
+from input_pipeline import record_stream
 from input_pipeline import vclr_sampling
 from vclr_jax import batch as batch_layout
 
 
-def make_vclr_example(serialized, example_seed, frame_size: tuple[int, int]):
-  """One record -> the per-example fields of the batch layout (no batch dimension)."""
-  video = records.parse_video(serialized)
-  picked = vclr_sampling.sample_vclr_indices(tf.shape(video['frames'])[0], example_seed)
-  # Gather the six JPEGs first: only these are decoded, whatever the video's length.
-  jpegs = tf.gather(video['frames'], tf.concat([picked['query_indices'], picked['key_indices']],
-                                               0))
-  return {
-      'frames': frame_decoding.decode_onto_canvas(jpegs, batch_layout.NUM_FRAMES, frame_size),
-      'anchor': picked['anchor'],
-      'query_perm': picked['query_perm'],
-      'key_perm': picked['key_perm'],
-      'order_label': picked['order_label'],
-  }
+class SampledFrameReader:
+  """Reads the sampled JPEGs of this host's videos; counts the bytes it read."""
+
+  def __init__(self, shards: list[dict]):
+    self.frames = frame_index.HostFrames([shard['path'] for shard in shards])
+    self.bytes_read = 0
+    self.examples_read = 0
+
+  def shard_elements(self, shard):
+    """Host video numbers of one shard, in record order (see record_stream.example_stream)."""
+    first = tf.constant(np.concatenate([[0], np.cumsum(self.frames.videos_per_shard)[:-1]]),
+                        tf.int64)
+    count = tf.constant(self.frames.videos_per_shard, tf.int64)
+    return tf.data.Dataset.range(first[shard], first[shard] + count[shard])
+
+  def _read(self, video, indices):
+    jpegs = self.frames.read(int(video), indices.numpy())
+    self.bytes_read += sum(len(j) for j in jpegs)
+    self.examples_read += 1
+    return tf.constant(jpegs)
+
+  def make_example(self, video, example_seed, frame_size: tuple[int, int]):
+    """One host video number -> the per-example fields of the batch layout."""
+    num_frames = tf.gather(tf.constant(self.frames.frames_per_video, tf.int32), video)
+    picked = vclr_sampling.sample_vclr_indices(num_frames, example_seed)
+    indices = tf.concat([picked['query_indices'], picked['key_indices']], 0)
+    jpegs = tf.py_function(self._read, [video, indices], tf.string)
+    jpegs = tf.ensure_shape(jpegs, [batch_layout.NUM_FRAMES])
+    return {
+        'frames': frame_decoding.decode_onto_canvas(jpegs, batch_layout.NUM_FRAMES, frame_size),
+        'anchor': picked['anchor'],
+        'query_perm': picked['query_perm'],
+        'key_perm': picked['key_perm'],
+        'order_label': picked['order_label'],
+    }
 
 
 def make_train_iterator(records_dir: str, split: str, *, batch_size: int,
                         frame_size: tuple[int, int], seed: int, start_step: int = 0,
                         process_index: int | None = None, process_count: int | None = None,
-                        options: record_stream.ReaderOptions = record_stream.ReaderOptions()
-                        ) -> Iterator[dict[str, np.ndarray]]:
+                        options: record_stream.ReaderOptions = record_stream.ReaderOptions(),
+                        reader_stats: list | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Endless per-host VCLR batches (vclr_jax/batch.py layout) of ``batch_size`` examples.
 
   Args:
-    records_dir, split: prepared records (``records_dir/split/index.json``).
+    records_dir, split: prepared records (``records_dir/split/index.json``) with their frame
+      index (``shard-*.frames.npz``).
     batch_size: examples per batch on this host.
     frame_size: (height, width) of the uint8 canvas; frames of another size are resized
       (bilinear, antialiased) on the host.
@@ -55,11 +79,20 @@ def make_train_iterator(records_dir: str, split: str, *, batch_size: int,
     process_index, process_count: this host and the number of hosts (default: jax's);
       host i reads shards i, i + count, ...
     options: thread counts, interleaving, shuffling and prefetch (config.data).
+    reader_stats: if given, the SampledFrameReader is appended (bytes read, for benchmarks).
   """
   if batch_size <= 0 or min(frame_size) <= 0:
     raise ValueError(f'batch_size={batch_size} and frame_size={frame_size} must be positive.')
+  readers = []
+
+  def shard_elements_of(shards):
+    readers.append(SampledFrameReader(shards))
+    if reader_stats is not None:
+      reader_stats.append(readers[0])
+    return readers[0].shard_elements
+
   return record_stream.batched_examples(
       records_dir, split,
-      lambda serialized, seed: make_vclr_example(serialized, seed, tuple(frame_size)),
+      lambda video, seed: readers[0].make_example(video, seed, tuple(frame_size)),
       batch_size=batch_size, seed=seed, start_step=start_step, process_index=process_index,
-      process_count=process_count, options=options)
+      process_count=process_count, options=options, shard_elements_of=shard_elements_of)
