@@ -122,6 +122,7 @@ def time_pil_loader(frames_root, videos, num_frames, examples, image_size):
   """The authors' per-video work in PIL + torchvision: 6 frame files, 7 MoCo v2 crops."""
   import torch
   from PIL import Image, ImageFilter
+  from vclr_jax.augment import IMAGENET_MEAN, IMAGENET_STD
   from vclr_jax.interop.torchvision_compat import import_torchvision
   transforms = import_torchvision().transforms
   torch.set_num_threads(1)
@@ -137,7 +138,7 @@ def time_pil_loader(frames_root, videos, num_frames, examples, image_size):
       transforms.RandomApply([Blur()], p=0.5),
       transforms.RandomHorizontalFlip(),
       transforms.ToTensor(),
-      transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+      transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
   start = time.perf_counter()
   for example in range(examples):
     folder = os.path.join(frames_root, 'train', 'synthetic', f'video_{example % videos:04d}')

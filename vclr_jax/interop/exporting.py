@@ -14,13 +14,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from vclr_jax.augment import IMAGENET_MEAN, IMAGENET_STD
 from vclr_jax.interop.torch_layout import backbone_state_dict, mmaction2_name
 from vclr_jax.models.resnet import feature_dim
 
 FORMATS = ('torchvision', 'mmaction2', 'safetensors')
-# REFERENCE.md: frames are RGB, scaled to [0, 1], then normalised with ImageNet statistics.
-INPUT_MEAN = (0.485, 0.456, 0.406)
-INPUT_STD = (0.229, 0.224, 0.225)
 
 
 def export_metadata(*, depth: int, width_multiplier: float, step: int | None,
@@ -37,8 +35,8 @@ def export_metadata(*, depth: int, width_multiplier: float, step: int | None,
       'source': source,
       'input_channels': 'RGB',
       'input_scale': 'pixel / 255, i.e. [0, 1], before mean/std',
-      'input_mean': list(INPUT_MEAN),
-      'input_std': list(INPUT_STD),
+      'input_mean': list(IMAGENET_MEAN),  # RGB in [0, 1], as REFERENCE.md
+      'input_std': list(IMAGENET_STD),
       'input_layout': 'NCHW float32',
   }
 
