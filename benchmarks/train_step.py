@@ -31,7 +31,6 @@ from vclr_jax import batch as batch_layout  # noqa: E402
 from vclr_jax import train_state as ts  # noqa: E402
 from vclr_jax import train_step as tstep  # noqa: E402
 from vclr_jax.global_batches import to_global  # noqa: E402
-from vclr_jax.train import resolve_shuffle_bn_groups  # noqa: E402
 
 config_flags.DEFINE_config_file('config', 'configs/k400.py', 'Experiment config.')
 flags.DEFINE_integer('steps', 20, 'Timed steps (after one compile-and-warm-up step).')
@@ -97,8 +96,8 @@ def main(argv):
   del argv
   config = FLAGS.config
   mesh = tstep.make_mesh()
-  resolve_shuffle_bn_groups(config, mesh.size)
   tstep.check_divisibility(config, mesh.size)
+  tstep.resolve_shuffle_bn(config, mesh.size)
   ts.check_queue_size(config)
   per_host = config.batch_size // jax.process_count()
   batches = [to_global(random_host_batch(per_host, tuple(config.data.frame_size), seed), mesh)

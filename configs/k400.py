@@ -41,8 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.compute_dtype = 'float32'  # or 'bfloat16' (parameters stay float32)
   config.model.online_bn = 'per_device'  # or 'sync'
   config.model.key_bn = 'shuffle'  # or 'sync'
-  # BN groups inside one device for the shuffled key batch; 0 picks max(1, 8 // devices),
-  # so a single GPU still normalises keys in the 8 groups of the released 8-GPU run.
+  # Shuffle-BN (README, BatchNorm): key frames are exchanged among shuffle_bn_devices
+  # neighbouring devices (0: the largest count up to 8 that divides a device's 6 x B key
+  # frames) and normalised in shuffle_bn_groups_per_device groups per device (0: max(1,
+  # 8 // devices), so a single GPU still sees the 8 BN groups of the released 8-GPU run).
+  config.model.shuffle_bn_devices = 0
   config.model.shuffle_bn_groups_per_device = 0
 
   config.loss = ml_collections.ConfigDict()

@@ -5,23 +5,36 @@ from __future__ import annotations
 import tensorflow as tf
 
 
+def fill_canvas(image, frame_size: tuple[int, int]):
+  """(h, w, 3) uint8 -> (H, W, 3) uint8: scaled (antialiased bilinear, aspect kept) until it
+  covers the canvas, then centre-cropped. Shapes are never stretched, so pretraining crops
+  see objects as the evaluation's short-side resize and centre crop does."""
+  height, width = frame_size
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = tf.maximum(height / shape[0], width / shape[1])
+  covering = tf.maximum(tf.cast(tf.math.ceil(shape * scale - 1e-3), tf.int32), [height, width])
+  resized = tf.image.resize(image, covering, method='bilinear', antialias=True)
+  resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+  top = (covering[0] - height) // 2
+  left = (covering[1] - width) // 2
+  return resized[top:top + height, left:left + width]
+
+
 def decode_onto_canvas(jpegs, count: int, frame_size: tuple[int, int]):
   """(count,) JPEG strings -> (count, H, W, 3) uint8 on the (H, W) = ``frame_size`` canvas.
 
   Frames already of that size (the K400/UCF101/HMDB51 recipes prepare at 340x256) are only
-  decoded. Others are resized to it with antialiased bilinear filtering, which costs about as
-  much as the decode again (docs/data.md). The decodes are unrolled: ``count`` is static, and
-  a map_fn over six frames costs more than the decodes of small frames.
+  decoded. Others go through fill_canvas, which costs about as much as the decode again
+  (docs/data.md). The decodes are unrolled: ``count`` is static, and a map_fn over six frames
+  costs more than the decodes of small frames.
   """
   height, width = frame_size
   frames = []
   for i in range(count):
     image = tf.io.decode_jpeg(jpegs[i], channels=3)
     same = tf.reduce_all(tf.shape(image)[:2] == tf.constant([height, width]))
-    image = tf.cond(
-        same, lambda image=image: image,
-        lambda image=image: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
-            image, [height, width], method='bilinear', antialias=True)), 0, 255), tf.uint8))
+    image = tf.cond(same, lambda image=image: image,
+                    lambda image=image: fill_canvas(image, frame_size))
     frames.append(tf.ensure_shape(image, [height, width, 3]))
   return tf.stack(frames)
 

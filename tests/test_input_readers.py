@@ -121,3 +121,23 @@ def test_tsn_train_batches(records_dir):
   assert batch['frames'].dtype == np.uint8
   assert batch['label'].dtype == np.int32 and np.all((0 <= batch['label']) & (batch['label'] < 10))
   assert np.all(batch['label'] == batch['video_index'] // 2)
+
+
+@pytest.mark.parametrize('source_size', [(96, 128), (112, 112), (128, 96), (150, 200)])
+def test_canvas_keeps_the_aspect_ratio_like_pil_fit(source_size):
+  from PIL import Image, ImageOps
+  from input_pipeline import frame_decoding
+  height, width = source_size
+  yy, xx = np.mgrid[0:height, 0:width]
+  # Smooth content with a feature whose shape would change if the frame were stretched.
+  image = np.stack([128 + 100 * np.sin(xx / 9.0), 128 + 100 * np.cos(yy / 7.0),
+                    255.0 * ((yy - height / 2) ** 2 + (xx - width / 2) ** 2 < (height / 4) ** 2)],
+                   -1).astype(np.uint8)
+  canvas = (120, 160)
+  ours = frame_decoding.fill_canvas(image, canvas).numpy()
+  reference = np.asarray(ImageOps.fit(Image.fromarray(image), canvas[::-1],
+                                      method=Image.BILINEAR))
+  assert ours.shape == reference.shape == (120, 160, 3)
+  # PIL resizes the cropped region, we crop the resized frame: edges differ by a pixel.
+  diff = np.abs(ours.astype(float) - reference)
+  assert diff[4:-4, 4:-4].mean() < 3.0, diff.mean()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from configs import k400
 from conftest import tiny_config
 from vclr_jax import augment
 from vclr_jax import train_state as ts
@@ -99,32 +100,66 @@ def test_eight_devices_with_sync_bn_equal_one_device():
   assert int(state8.queue_inter_pos) == int(state1.queue_inter_pos) == 48 % config.queue_size
 
 
-def test_shuffled_forward_returns_every_row_to_its_example():
+@pytest.mark.parametrize('neighbourhood', [2, 4, 8])
+def test_shuffle_returns_every_key_to_its_example_and_mixes_every_bn_group(neighbourhood):
   mesh = tstep.make_mesh()
-  n_dev = mesh.size
-  per_device = 8 * n_dev  # frames per device, divisible by the number of devices
-  frames = jnp.arange(n_dev * per_device * 2, dtype=jnp.float32).reshape(n_dev * per_device, 2)
+  n_dev, per_device, groups = mesh.size, 48, 4
+  # Row r holds (r, device of r): the rows' source devices are known after the shuffle.
+  rows = np.arange(n_dev * per_device)
+  frames = jnp.asarray(np.stack([rows, rows // per_device], axis=1), jnp.float32)
 
   def apply_fn(x):
-    # Row-wise function plus a record of which rows this device actually processed.
-    return x * 3.0 + 1.0, x[:, 0]
+    # Row-wise function, plus for every BN group (contiguous rows) the set of source devices.
+    sources = jax.nn.one_hot(x[:, 1].astype(jnp.int32), n_dev).reshape(groups, -1, n_dev)
+    return x * 3.0 + 1.0, (x[:, 0], sources.max(axis=1))
 
   def on_device(x):
-    out, seen = tstep.shuffled_across_devices(apply_fn, x, jax.random.key(3))
-    return out, seen
+    return tstep.shuffled_across_devices(apply_fn, x, jax.random.key(3), neighbourhood)
 
   sharded = jax.jit(jax.shard_map(on_device, mesh=mesh, in_specs=P('data'),
-                                  out_specs=(P('data'), P('data'))))
-  out, seen = sharded(jax.device_put(frames, jax.sharding.NamedSharding(mesh, P('data'))))
+                                  out_specs=(P('data'), (P('data'), P('data')))))
+  out, (seen, group_sources) = sharded(
+      jax.device_put(frames, jax.sharding.NamedSharding(mesh, P('data'))))
   np.testing.assert_array_equal(out, frames * 3.0 + 1.0)
-  seen = np.asarray(seen).reshape(n_dev, per_device)
-  own = np.arange(n_dev * per_device).reshape(n_dev, per_device) * 2.0
+  seen = np.asarray(seen).reshape(n_dev, per_device).astype(int)
+  assert sorted(seen.ravel().tolist()) == rows.tolist()  # every frame processed exactly once
+  group_sources = np.asarray(group_sources).reshape(n_dev, groups, n_dev)
   for d in range(n_dev):
-    # Every device got an equal share from each device, so at most 1/n of its own rows.
-    assert np.sort(seen[d]).tolist() != np.sort(own[d]).tolist()
-    sources = (seen[d] // 2).astype(int) // per_device
-    assert np.bincount(sources, minlength=n_dev).tolist() == [per_device // n_dev] * n_dev
-  assert sorted(seen.ravel().tolist()) == sorted(own.ravel().tolist())
+    # Device d processes an equal share of itself and of its neighbourhood - 1 predecessors.
+    counts = np.bincount(seen[d] // per_device, minlength=n_dev)
+    expected = np.zeros(n_dev, int)
+    expected[[(d - r) % n_dev for r in range(neighbourhood)]] = per_device // neighbourhood
+    assert counts.tolist() == expected.tolist()
+    for g in range(groups):
+      # No BN group of keys holds only the examples of one device's (the query's) batch.
+      assert group_sources[d, g].sum() >= 2, (d, g)
+
+
+@pytest.mark.parametrize('num_devices', [8, 16, 32, 64, 128, 256])
+def test_k400_config_passes_the_device_checks_with_shuffle_bn(num_devices):
+  config = k400.get_config()
+  tstep.check_divisibility(config, num_devices)
+  tstep.resolve_shuffle_bn(config, num_devices)
+  devices = config.model.shuffle_bn_devices
+  key_frames = 6 * config.batch_size // num_devices
+  assert 2 <= devices <= 8 and key_frames % devices == 0
+  assert key_frames // config.model.shuffle_bn_groups_per_device >= 2
+
+
+def test_device_checks_name_the_config_key():
+  config = tiny_config()
+  with pytest.raises(ValueError, match='batch_size=8 must be divisible'):
+    tstep.check_divisibility(config, 3)
+  config.model.shuffle_bn_devices = 5
+  with pytest.raises(ValueError, match='shuffle_bn_devices=5'):
+    tstep.check_divisibility(config, 8)
+  config.model.shuffle_bn_devices = 1
+  with pytest.raises(ValueError, match='normalises every key with its own'):
+    tstep.check_divisibility(config, 8)
+  config.model.shuffle_bn_devices = 0
+  config.model.shuffle_bn_groups_per_device = 5
+  with pytest.raises(ValueError, match='shuffle_bn_groups_per_device'):
+    tstep.check_divisibility(config, 1)
 
 
 def test_queues_receive_gathered_keys_at_their_positions_and_wrap():

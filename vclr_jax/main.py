@@ -19,6 +19,11 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, config.json, TensorBoard logs.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host pods).')
+# Cloud TPU, Slurm and other clusters are detected by jax.distributed.initialize() itself;
+# elsewhere (several processes on one machine, a hand-made cluster) name the job here.
+flags.DEFINE_string('coordinator_address', None, 'With --distributed: host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'With --distributed: processes in the job.')
+flags.DEFINE_integer('process_id', None, 'With --distributed: this process, 0 to N - 1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -27,7 +32,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   quiet_logs.quiet_library_logs()
   if FLAGS.distributed:
-    jax.distributed.initialize()
+    # Collectives between processes on CPU devices (GPU and TPU use their own).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   logging.info('JAX %s on %d %s devices, process %d of %d.', jax.__version__, jax.device_count(),
                jax.default_backend(), jax.process_index(), jax.process_count())
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import time
 from typing import Iterator
 
 import jax
@@ -15,6 +13,7 @@ from vclr_jax import checkpointing
 from vclr_jax import global_batches
 from vclr_jax import train_state as train_state_lib
 from vclr_jax import train_step as train_step_lib
+from vclr_jax import training_loop
 from vclr_jax.in_memory_data import InMemoryVideos, make_videos
 
 PYTORCH_SUFFIXES = ('.pth', '.pt', '.tar', '.safetensors')
@@ -45,12 +44,6 @@ def host_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator
       config.data.records_dir, config.data.split, batch_size=per_host,
       frame_size=tuple(config.data.frame_size), seed=config.seed, start_step=start_step,
       options=record_stream.ReaderOptions.from_config(config.data))
-
-
-def resolve_shuffle_bn_groups(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Turns shuffle_bn_groups_per_device=0 into max(1, 8 // devices) (see configs/k400.py)."""
-  if config.model.shuffle_bn_groups_per_device == 0:
-    config.model.shuffle_bn_groups_per_device = max(1, 8 // num_devices)
 
 
 def check_same_structure(loaded, template, source: str) -> None:
@@ -93,31 +86,30 @@ def initial_state(config, num_videos: int, mesh) -> train_state_lib.TrainState:
   return state
 
 
-class StopRequested:
-  """Turns SIGTERM/SIGINT into a flag so the loop can save before exiting."""
-
-  def __init__(self):
-    self.signal = None
-    self._previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signal = signal.Signals(signum).name
-
-  def restore(self):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+def describe_step(step: int, total: int, means: dict[str, float]) -> str:
+  """The pretraining log line: losses, accuracies, learning rate, skipped steps."""
+  losses = ' '.join(f'{name} {means[f"loss_{name}"]:.3f}' for name in ('inter', 'intra', 'video', 'order'))
+  accs = ' '.join(f'{name} {means[f"{name}_acc"]:.2f}' for name in ('inter', 'intra', 'video', 'order'))
+  line = (f'step {step}/{total} | loss {means["loss"]:.4f} ({losses}) | acc {accs} | '
+          f'lr {means["learning_rate"]:.3g}')
+  if means['skipped_nonfinite'] > 0:
+    line += f' | {means["skipped_nonfinite"]:.0%} of these steps non-finite, not applied'
+  return line
 
 
-def _format_line(step, total, metrics, steps_per_sec, videos_per_sec, eta_seconds):
-  losses = ' '.join(f'{name} {metrics[f"loss_{name}"]:.3f}' for name in ('inter', 'intra', 'video', 'order'))
-  accs = ' '.join(f'{name} {metrics[f"{name}_acc"]:.2f}' for name in ('inter', 'intra', 'video', 'order'))
-  eta = time.strftime('%H:%M:%S', time.gmtime(eta_seconds)) if np.isfinite(eta_seconds) else '?'
-  return (f'step {step}/{total} | loss {metrics["loss"]:.4f} ({losses}) | acc {accs} | '
-          f'lr {metrics["learning_rate"]:.3g} | {steps_per_sec:.2f} steps/s, '
-          f'{videos_per_sec:.1f} videos/s | ETA {eta}')
+def nonfinite_guard(max_in_a_row: int):
+  """Raises once ``max_in_a_row`` steps in a row had a non-finite loss or gradient."""
+
+  def check(metrics):
+    in_a_row = int(metrics['nonfinite_in_a_row'])
+    if in_a_row >= max_in_a_row:
+      raise FloatingPointError(
+          f'{in_a_row} steps in a row had a non-finite loss or gradient '
+          f'(config.max_nonfinite_in_a_row={max_in_a_row}); none of them was '
+          'applied. Lower config.optim.base_lr, try compute_dtype=float32, or check the data; '
+          'the last good state is in the latest checkpoint.')
+
+  return check
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -125,8 +117,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from clu import metric_writers  # imports TensorFlow for its summary writer
 
   mesh = train_step_lib.make_mesh()
-  resolve_shuffle_bn_groups(config, mesh.size)
   train_step_lib.check_divisibility(config, mesh.size)
+  train_step_lib.resolve_shuffle_bn(config, mesh.size)
   if config.batch_size % jax.process_count():
     raise ValueError(f'config.batch_size={config.batch_size} must divide over '
                      f'{jax.process_count()} hosts.')
@@ -142,7 +134,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if restored is not None:
     state = restored
     logging.info('Resumed from %s at step %d.', manager.directory, int(state.step))
-  checkpointing.write_run_config(workdir, config)
+  if jax.process_index() == 0:
+    checkpointing.write_run_config(workdir, config)
   start_step = int(jax.device_get(state.step))
 
   # TensorBoard on the first host only; the readable log line below replaces clu's logging writer.
@@ -155,45 +148,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info('Training %s steps (%d per epoch, %d devices, %d hosts) from step %d in %s.',
                total_steps, steps_per_epoch, mesh.size, jax.process_count(), start_step, workdir)
 
-  stop = StopRequested()
-  pending, last_metrics, previous = [], {}, None
-  window_start, window_steps = time.time(), 0
-  try:
-    for step in range(start_step + 1, total_steps + 1):
-      state, metrics = train_step(state, next(batches))
-      # Reading the previous step's counter keeps one step in flight.
-      if previous is not None and int(previous) >= config.max_nonfinite_in_a_row:
-        raise FloatingPointError(
-            f'{int(previous)} steps in a row had a non-finite loss or gradient '
-            f'(config.max_nonfinite_in_a_row={config.max_nonfinite_in_a_row}); none of them was '
-            'applied. Lower config.optim.base_lr, try compute_dtype=float32, or check the data; '
-            'the last good state is in the latest checkpoint.')
-      previous = metrics['nonfinite_in_a_row']
-      pending.append(metrics)
-      window_steps += 1
-      if step % config.log_every_steps == 0 or step == total_steps:
-        means = {k: float(np.mean([float(m[k]) for m in jax.device_get(pending)]))
-                 for k in pending[0]}
-        means['nonfinite_total'] = float(jax.device_get(state.nonfinite_total))
-        elapsed = time.time() - window_start
-        steps_per_sec = window_steps / elapsed
-        means.update(steps_per_sec=steps_per_sec,
-                     videos_per_sec=steps_per_sec * config.batch_size)
-        writer.write_scalars(step, means)
-        logging.info(_format_line(step, total_steps, means, steps_per_sec,
-                                  means['videos_per_sec'], (total_steps - step) / steps_per_sec))
-        if means['skipped_nonfinite'] > 0:
-          logging.warning('%d of the last %d steps had a non-finite loss and were not applied.',
-                          round(means['skipped_nonfinite'] * len(pending)), len(pending))
-        last_metrics, pending = means, []
-        window_start, window_steps = time.time(), 0
-      checkpointing.save(manager, step, state)
-      if stop.signal:
-        logging.warning('%s received: saving step %d and exiting.', stop.signal, step)
-        break
-    checkpointing.save(manager, int(jax.device_get(state.step)), state, force=True)
-  finally:
-    manager.wait_until_finished()
-    stop.restore()
-    writer.flush()
-  return last_metrics
+  result = training_loop.run(
+      step_fn=train_step, state=state, batches=batches, manager=manager, mesh=mesh,
+      start_step=start_step, total_steps=total_steps, batch_size=config.batch_size,
+      log_every_steps=config.log_every_steps,
+      describe=lambda step, means: describe_step(step, total_steps, means),
+      log=logging.info, writer=writer,
+      check_previous=nonfinite_guard(config.max_nonfinite_in_a_row),
+      window_extras=lambda s: {'nonfinite_total': float(jax.device_get(s.nonfinite_total))})
+  return result.last_metrics

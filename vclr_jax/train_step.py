@@ -45,24 +45,49 @@ def check_bn_config(model_config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'config.model.{key} must be one of {allowed}, got {model_config[key]!r}.')
 
 
-def shuffled_across_devices(apply_fn, frames, rng):
-  """Runs ``apply_fn`` on frames shuffled over all devices and returns rows in input order.
+MAX_SHUFFLE_DEVICES = 8  # the released run's 8 GPUs: a key mixes with at most 7 other devices
 
-  Each device permutes its frames, sends an equal slice to every device (all_to_all), runs
-  the key encoder on the mixed batch, and the outputs travel back the same way. A key is
-  therefore normalised together with frames of other devices' examples, never with the
-  batch its query's BN statistics came from (MoCo's shuffle-BN), while every frame is sent
-  exactly once. On one device the mixing comes from BatchNorm groups over the permuted batch.
+
+def _shift(num_devices: int, offset: int) -> list[tuple[int, int]]:
+  return [(i, (i + offset) % num_devices) for i in range(num_devices)]
+
+
+def shuffled_across_devices(apply_fn, frames, rng, neighbourhood: int):
+  """Runs ``apply_fn`` on frames shuffled over ``neighbourhood`` devices; rows return in order.
+
+  Each device permutes its n frames and cuts them into ``neighbourhood`` (G) equal parts;
+  part r goes to the device r places further on the ring (G - 1 ppermutes), so every device
+  receives one part from itself and from each of its G - 1 predecessors. The received parts
+  are interleaved (frame i of the mixed batch comes from device i mod G back), so every BN
+  group of two or more frames holds keys of at least two devices' examples: a key is never
+  normalised only with the batch its query's BN statistics came from (MoCo's shuffle-BN).
+  The outputs travel back the same way. Any device count works: G only has to divide n.
+  On one device (G = 1) the mixing comes from the BN groups over the permuted batch.
   """
   num_devices = jax.lax.axis_size(DATA_AXIS)
   n = frames.shape[0]
   perm = jax.random.permutation(jax.random.fold_in(rng, jax.lax.axis_index(DATA_AXIS)), n)
-  mixed = jax.lax.all_to_all(frames[perm].reshape((num_devices, n // num_devices) + frames.shape[1:]),
-                             DATA_AXIS, 0, 0)
-  outputs, aux = apply_fn(mixed.reshape(frames.shape))
-  back = jax.lax.all_to_all(outputs.reshape((num_devices, n // num_devices) + outputs.shape[1:]),
-                            DATA_AXIS, 0, 0).reshape(outputs.shape)
+  parts = frames[perm].reshape((neighbourhood, n // neighbourhood) + frames.shape[1:])
+  received = [parts[0]] + [jax.lax.ppermute(parts[r], DATA_AXIS, _shift(num_devices, r))
+                           for r in range(1, neighbourhood)]
+  outputs, aux = apply_fn(jnp.stack(received, axis=1).reshape(frames.shape))
+  outputs = outputs.reshape((n // neighbourhood, neighbourhood) + outputs.shape[1:])
+  back = [outputs[:, 0]] + [jax.lax.ppermute(outputs[:, r], DATA_AXIS, _shift(num_devices, -r))
+                            for r in range(1, neighbourhood)]
+  back = jnp.concatenate(back)
   return jnp.zeros_like(back).at[perm].set(back), aux
+
+
+def default_shuffle_devices(key_frames_per_device: int, num_devices: int) -> int:
+  """The largest neighbourhood of at most 8 devices whose size divides a device's key frames."""
+  return max(g for g in range(1, min(MAX_SHUFFLE_DEVICES, num_devices) + 1)
+             if key_frames_per_device % g == 0)
+
+
+def resolve_shuffle_bn(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Writes the values the step uses for config.model's automatic (0) shuffle-BN settings."""
+  config.model.shuffle_bn_devices = shuffle_bn_devices(config, num_devices)
+  config.model.shuffle_bn_groups_per_device = shuffle_bn_groups(config, num_devices)
 
 
 def _other_segments(anchor):
@@ -124,7 +149,7 @@ def augmented_views(batch, key, image_size: int, config: augment.AugmentConfig, 
   return dict(views, query_frames=crops[:, :3], key_frames=crops[:, 3:6], x1=crops[:, 6])
 
 
-def _key_encoder_outputs(key_model, state, batch, rng, shuffle: bool):
+def _key_encoder_outputs(key_model, state, batch, rng, shuffle_devices: int):
   """EMA-encoder embeddings of x1, x2, x3 and the key tuple, and its updated BN statistics."""
   frames, anchor = batch['query_frames'], batch['anchor']
   other_a, other_b = _other_segments(anchor)
@@ -132,6 +157,9 @@ def _key_encoder_outputs(key_model, state, batch, rng, shuffle: bool):
   key_tuple = batch['key_frames']
   inputs = jnp.concatenate([batch['x1'], _rows(frames, other_a), _rows(frames, other_b),
                             key_tuple.reshape((3 * b,) + key_tuple.shape[2:])])
+  # Shuffled frames travel between devices in the compute dtype (bfloat16 halves the bytes);
+  # the encoder's first convolution would cast them to it anyway.
+  inputs = inputs.astype(key_model.dtype)
   variables = {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}
 
   def features(x):
@@ -139,8 +167,8 @@ def _key_encoder_outputs(key_model, state, batch, rng, shuffle: bool):
                                      mutable=['batch_stats'])
     return feats, mutated['batch_stats']
 
-  if shuffle:
-    feats, batch_stats = shuffled_across_devices(features, inputs, rng)
+  if shuffle_devices:
+    feats, batch_stats = shuffled_across_devices(features, inputs, rng, shuffle_devices)
   else:
     feats, batch_stats = features(inputs)
 
@@ -199,11 +227,13 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, le
   frames; the crops are cut in the step); every returned metric is a replicated scalar averaged over the global batch.
   """
   check_bn_config(config.model)
+  check_divisibility(config, mesh.size)
   shuffle = config.model.key_bn == 'shuffle'
+  shuffle_devices = shuffle_bn_devices(config, mesh.size) if shuffle else 0
   online_model = build_model(
       config.model, bn_axis_name=DATA_AXIS if config.model.online_bn == 'sync' else None)
   key_model = build_model(
-      config.model, bn_groups=config.model.shuffle_bn_groups_per_device if shuffle else 1,
+      config.model, bn_groups=shuffle_bn_groups(config, mesh.size) if shuffle else 1,
       bn_axis_name=None if shuffle else DATA_AXIS)
   momentum = config.ema_momentum
   augment_config = augment.AugmentConfig.from_config(config.data.augment)
@@ -214,7 +244,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, le
         jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
     batch = augmented_views(batch, augment_rng, config.data.image_size, augment_config,
                             augment_dtype)
-    keys, ema_batch_stats = _key_encoder_outputs(key_model, state, batch, rng, shuffle)
+    keys, ema_batch_stats = _key_encoder_outputs(key_model, state, batch, rng, shuffle_devices)
     queues = (state.queue_inter, state.queue_video)
     grad_fn = jax.grad(_online_loss, has_aux=True)
     grads, (metrics, batch_stats) = grad_fn(state.params, online_model, state, batch, keys,
@@ -258,17 +288,39 @@ def replicate(tree, mesh: Mesh):
 
 
 def check_divisibility(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Errors for batch sizes that the step's reshapes and all_to_all cannot split evenly."""
+  """Errors for batch sizes that the step's reshapes and shuffle-BN cannot split evenly."""
   if config.batch_size % num_devices:
     raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the number of '
                      f'devices ({num_devices}).')
-  per_device = config.batch_size // num_devices
-  if config.model.key_bn == 'shuffle':
-    # 6 key frames per example are split over devices, then into BN groups.
-    groups = config.model.shuffle_bn_groups_per_device
-    if (6 * per_device) % (num_devices * groups):
-      raise ValueError(
-          f'Shuffle-BN splits the 6 x {per_device} key frames of a device into {num_devices} '
-          f'devices x {groups} groups (config.model.shuffle_bn_groups_per_device): choose a '
-          'config.batch_size or group count that divides evenly.')
+  if config.model.key_bn != 'shuffle':
+    return
+  key_frames = batch_layout.NUM_FRAMES * (config.batch_size // num_devices)
+  devices = shuffle_bn_devices(config, num_devices)
+  groups = shuffle_bn_groups(config, num_devices)
+  if not 1 <= devices <= num_devices or key_frames % devices:
+    raise ValueError(
+        f'config.model.shuffle_bn_devices={devices} must be between 1 and the {num_devices} '
+        f'devices and divide the {key_frames} key frames of a device (6 x per-device batch); '
+        f'0 picks {default_shuffle_devices(key_frames, num_devices)}.')
+  if devices == 1 and num_devices > 1:
+    raise ValueError('config.model.shuffle_bn_devices=1 normalises every key with its own '
+                     "query's batch: use 0 (automatic), 2 or more, or model.key_bn='sync'.")
+  if key_frames % groups or key_frames // groups < 2:
+    raise ValueError(
+        f'Shuffle-BN normalises the {key_frames} key frames of a device in {groups} groups '
+        f'(config.model.shuffle_bn_groups_per_device): the count must divide them and leave at '
+        'least 2 frames per group; choose another config.batch_size or group count.')
 
+
+def shuffle_bn_devices(config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """config.model.shuffle_bn_devices, where 0 means default_shuffle_devices."""
+  if config.model.shuffle_bn_devices:
+    return config.model.shuffle_bn_devices
+  return default_shuffle_devices(batch_layout.NUM_FRAMES * (config.batch_size // num_devices),
+                                 num_devices)
+
+
+def shuffle_bn_groups(config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """config.model.shuffle_bn_groups_per_device, where 0 means max(1, 8 // devices): one GPU
+  still normalises keys in the released 8-GPU run's 8 BN groups."""
+  return config.model.shuffle_bn_groups_per_device or max(1, MAX_SHUFFLE_DEVICES // num_devices)

@@ -32,6 +32,7 @@ from vclr_jax import checkpointing
 from vclr_jax import global_batches
 from vclr_jax import train
 from vclr_jax import train_step
+from vclr_jax import training_loop
 from vclr_jax.evaluation import linear
 from vclr_jax.evaluation import results
 from vclr_jax.models.resnet import ResNet
@@ -220,30 +221,19 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
       mesh, data.prefetch)
   log(f'TSN fine-tuning {source} on {config.dataset}: steps {start_step}..{total_steps} '
       f'({steps_per_epoch} per epoch, {data.num_segments} segments) in {out_dir}.')
-  stop = train.StopRequested()
-  window_start, window_steps = time.time(), 0
-  try:
-    for step in range(start_step + 1, total_steps + 1):
-      state, metrics = step_fn(state, {k: v for k, v in next(batches).items()
-                                       if k in ('frames', 'label')})
-      window_steps += 1
-      if step % config.log_every_steps == 0 or step == total_steps:
-        metrics = jax.device_get(metrics)  # waits for the steps in flight, so the rate is true
-        rate = window_steps / (time.time() - window_start)
-        log(f'finetune step {step}/{total_steps} | loss {float(metrics["loss"]):.4f} | '
-            f'acc {float(metrics["accuracy"]):.2f} | {rate:.2f} steps/s | '
-            f'ETA {(total_steps - step) / rate:.0f}s')
-        window_start, window_steps = time.time(), 0
-      checkpointing.save(manager, step, state)
-      if stop.signal:
-        log(f'{stop.signal} received: saving step {step} and exiting.')
-        break
-    checkpointing.save(manager, int(jax.device_get(state.step)), state, force=True)
-  finally:
-    manager.wait_until_finished()
-    stop.restore()
-  if stop.signal:
+  from clu import metric_writers  # imports TensorFlow for its summary writer
+  writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(out_dir)) \
+      if jax.process_index() == 0 else None
+  result = training_loop.run(
+      step_fn=lambda state, batch: step_fn(state, {k: batch[k] for k in ('frames', 'label')}),
+      state=state, batches=batches, manager=manager, mesh=mesh, start_step=start_step,
+      total_steps=total_steps, batch_size=config.batch_size,
+      log_every_steps=config.log_every_steps, log=log, writer=writer,
+      describe=lambda step, means: (f'finetune step {step}/{total_steps} | loss '
+                                    f'{means["loss"]:.4f} | acc {means["accuracy"]:.2f}'))
+  if result.stopped_by:
     return {}
+  state = result.state
   metrics = evaluate_tsn(model, state, config, mesh, log)
   table = results.record(workdir, dict(
       protocol=f'finetune ({config.name})', dataset=config.dataset, split=data.test_split,

@@ -1,0 +1,132 @@
+"""The one training loop of pretraining and TSN fine-tuning: steps, logging, checkpoints, stops.
+
+Per step it runs the jitted step on the next global batch and lets Orbax save at the
+checkpoint cadence. Every ``log_every_steps`` it averages the metrics of the window, writes
+them to TensorBoard (if given a writer) and logs one line with the caller's metrics, the
+rate and the ETA.
+
+A stop is the same on every host. SIGTERM/SIGINT only raise a flag on the host that got
+them; each step also runs a tiny all-reduce of every host's flag, and all hosts read the
+previous step's result, so they see the same value at the same step, save that step together
+and return. The platform's preemption notice (Orbax's ``reached_preemption``, agreed by JAX's
+coordination service) stops the loop the same way. Reading the previous step's values keeps
+one step in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vclr_jax import checkpointing
+
+
+class StopRequested:
+  """Turns SIGTERM/SIGINT into a flag so the loop can save before exiting."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def make_any_host(mesh: Mesh, axis: str = 'data') -> Callable[[bool], jax.Array]:
+  """flag of this host -> a replicated scalar, True when any host's flag is set (async)."""
+  sharding = NamedSharding(mesh, P(axis))
+  local_devices = len(mesh.local_devices)
+  reduce = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, P()))
+
+  def any_host(flag: bool) -> jax.Array:
+    local = np.full((local_devices,), int(flag), np.int32)
+    return reduce(jax.make_array_from_process_local_data(sharding, local))
+
+  return any_host
+
+
+@dataclasses.dataclass
+class LoopResult:
+  state: Any
+  last_metrics: dict[str, float]
+  stopped_by: str | None  # 'SIGTERM', 'SIGINT', 'preemption' or None (finished)
+
+
+def format_rate(steps_per_sec: float, batch_size: int, remaining_steps: int) -> str:
+  eta = remaining_steps / steps_per_sec if steps_per_sec > 0 else float('inf')
+  eta_text = time.strftime('%H:%M:%S', time.gmtime(eta)) if np.isfinite(eta) else '?'
+  return (f'{steps_per_sec:.2f} steps/s, {steps_per_sec * batch_size:.1f} videos/s | '
+          f'ETA {eta_text}')
+
+
+def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: int,
+        total_steps: int, batch_size: int, log_every_steps: int,
+        describe: Callable[[int, dict[str, float]], str], log: Callable[[str], None],
+        writer=None, check_previous: Callable[[dict], None] | None = None,
+        window_extras: Callable[[Any], dict[str, float]] | None = None) -> LoopResult:
+  """Trains from ``start_step`` to ``total_steps``; returns the state, last logged means, stop.
+
+  Args:
+    step_fn: jitted ``(state, batch) -> (state, metrics)``; metrics are replicated scalars.
+    describe: ``(step, window means) -> text`` of the log line, before the rate and ETA.
+    check_previous: called with the previous step's metrics (still on the device) every
+      step, e.g. to stop on non-finite steps; it raises to end the run.
+    window_extras: ``state -> {name: value}`` added to each logged window.
+  """
+  stop = StopRequested()
+  any_host = make_any_host(mesh)
+  pending, last_metrics, previous, previous_stop = [], {}, None, None
+  stopped_by = None
+  window_start, window_steps = time.time(), 0
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      state, metrics = step_fn(state, next(batches))
+      stop_now = any_host(stop.signal is not None)
+      if check_previous is not None and previous is not None:
+        check_previous(previous)
+      previous = metrics
+      pending.append(metrics)
+      window_steps += 1
+      if step % log_every_steps == 0 or step == total_steps:
+        host = jax.device_get(pending)  # waits for the steps in flight, so the rate is true
+        means = {k: float(np.mean([float(m[k]) for m in host])) for k in host[0]}
+        if window_extras is not None:
+          means.update(window_extras(state))
+        steps_per_sec = window_steps / (time.time() - window_start)
+        means.update(steps_per_sec=steps_per_sec, videos_per_sec=steps_per_sec * batch_size)
+        if writer is not None:
+          writer.write_scalars(step, means)
+        log(f'{describe(step, means)} | '
+            f'{format_rate(steps_per_sec, batch_size, total_steps - step)}')
+        last_metrics, pending = means, []
+        window_start, window_steps = time.time(), 0
+      checkpointing.save(manager, step, state)
+      if previous_stop is not None and int(previous_stop):
+        stopped_by = stop.signal or 'a stop request from another host'
+      elif manager.reached_preemption(step):
+        stopped_by = 'preemption'
+      if stopped_by:
+        log(f'{stopped_by} received: every host saves step {step} and exits.')
+        break
+      previous_stop = stop_now
+    checkpointing.save(manager, int(jax.device_get(state.step)), state, force=True)
+  finally:
+    manager.wait_until_finished()
+    stop.restore()
+    if writer is not None:
+      writer.flush()
+  return LoopResult(state=state, last_metrics=last_metrics, stopped_by=stopped_by)
