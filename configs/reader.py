@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from input_pipeline import damage
 from vclr_jax import augment
 
 
@@ -13,6 +14,9 @@ def add_reader_fields(data: ml_collections.ConfigDict, frame_size=(256, 340)) ->
   cycle_length, shuffle_buffer: shards interleaved and records shuffled (they fix the order
     of the stream: a resumed run keeps them). num_parallel_calls: decoding threads (0: tf.data
     AUTOTUNE). prefetch: batches prepared ahead on the host and on the devices.
+  max_skipped_fraction: damaged records are skipped, counted and named; more distinct damaged
+    videos on a host than this fraction of the split's videos stops the run with the list of
+    damaged shards (input_pipeline/damage.py).
   augment: the MoCo v2 recipe applied on the device (vclr_jax/augment.py).
   """
   data.frame_size = tuple(frame_size)
@@ -20,4 +24,5 @@ def add_reader_fields(data: ml_collections.ConfigDict, frame_size=(256, 340)) ->
   data.shuffle_buffer = 256
   data.num_parallel_calls = 0
   data.prefetch = 2
+  data.max_skipped_fraction = damage.DEFAULT_MAX_SKIPPED_FRACTION
   data.augment = ml_collections.ConfigDict(augment.default_augment_config_dict())

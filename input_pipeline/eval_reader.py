@@ -2,7 +2,8 @@
 
 Used for feature extraction (linear probe, retrieval: 30 frames) and for TSN testing (25 or 8
 frames). Hosts read disjoint shards; every host yields the same number of batches (padded with
-masked-out examples) so that collective ops in the consumer stay in step.
+masked-out examples) so that collective ops in the consumer stay in step. Damaged records are
+masked out like padding, counted and named (input_pipeline/damage.py).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
+from input_pipeline import damage
 from input_pipeline import frame_decoding
 from input_pipeline import record_stream
 from input_pipeline import records
 
-PADDING_INDEX = -1  # label and video_index of padding examples.
+PADDING_INDEX = damage.PADDING_INDEX  # label and video_index of padding examples.
 
 
 def uniform_frame_indices(num_frames, count: int):
@@ -54,33 +56,46 @@ def num_eval_batches(records_dir: str, split: str, *, batch_size: int,
 def make_eval_iterator(records_dir: str, split: str, *, batch_size: int, num_frames: int = 30,
                        crop_size: int = 224, resize_short_side: int | None = None,
                        process_index: int | None = None, process_count: int | None = None,
-                       num_parallel_calls: int = tf.data.AUTOTUNE
-                       ) -> Iterator[dict[str, np.ndarray]]:
+                       num_parallel_calls: int = tf.data.AUTOTUNE,
+                       max_skipped_fraction: float = damage.DEFAULT_MAX_SKIPPED_FRACTION
+                       ) -> damage.SkippingBatches:
   """One pass over the split in fixed-size batches, in shard order.
 
   Yields ``num_eval_batches(...)`` dicts: 'frames' (b, num_frames, crop, crop, 3) uint8
   (normalised on the device: vclr_jax.augment.normalize_uint8), 'label' (b,) int32 (-1 for unlabelled data and padding),
   'video_index' (b,) int32 (the video's position in the split's list; -1 for padding),
-  'mask' (b,) bool (False for padding). Across hosts every video appears exactly once.
+  'mask' (b,) bool (False for padding and damaged videos). Across hosts every undamaged video
+  appears exactly once; the iterator's ``skipped_examples`` counts the damaged ones.
   """
   shards, process_index, process_count = record_stream.host_shards(
       records_dir, split, process_index, process_count)
   num_batches = num_eval_batches(records_dir, split, batch_size=batch_size,
                                  process_count=process_count)
   host_videos = sum(shard['num_videos'] for shard in shards)
-  padding = {
-      'frames': tf.zeros([num_frames, crop_size, crop_size, 3], tf.uint8),
-      'label': tf.constant(PADDING_INDEX),
-      'video_index': tf.constant(PADDING_INDEX),
-      'mask': tf.constant(False),
-  }
-  videos = (tf.data.TFRecordDataset(tf.constant([shard['path'] for shard in shards], tf.string))
-            .map(lambda serialized: make_eval_example(
-                serialized, num_frames, crop_size, resize_short_side),
-                 num_parallel_calls=num_parallel_calls, deterministic=True))
-  return (videos
-          .concatenate(tf.data.Dataset.from_tensors(padding).repeat(
-              num_batches * batch_size - host_videos))
-          .batch(batch_size, drop_remainder=True)
-          .prefetch(2)
-          .as_numpy_iterator())
+
+  def placeholder():
+    return {
+        'frames': tf.zeros([num_frames, crop_size, crop_size, 3], tf.uint8),
+        'label': tf.constant(PADDING_INDEX),
+        'video_index': tf.constant(PADDING_INDEX),
+        'mask': tf.constant(False),
+    }
+
+  padding = dict(placeholder(), status=tf.constant(damage.OK), shard=tf.constant(0),
+                 record=tf.constant(0))
+  records_of = record_stream.shard_records(shards)
+  videos = record_stream.skip_damaged(
+      tf.data.Dataset.range(len(shards)).flat_map(records_of),
+      lambda element: make_eval_example(element['serialized'], num_frames, crop_size,
+                                        resize_short_side),
+      placeholder, num_parallel_calls)
+  batches = (videos
+             .concatenate(tf.data.Dataset.from_tensors(padding).repeat(
+                 num_batches * batch_size - host_videos))
+             .batch(batch_size, drop_remainder=True)
+             .prefetch(2)
+             .as_numpy_iterator())
+  return damage.SkippingBatches(
+      batches, [shard['path'] for shard in shards],
+      split_videos=records.read_index(records_dir, split)['num_videos'],
+      max_skipped_fraction=max_skipped_fraction, fill=False)

@@ -20,6 +20,19 @@ def fill_canvas(image, frame_size: tuple[int, int]):
   return resized[top:top + height, left:left + width]
 
 
+JPEG_START = b'\xff\xd8'  # SOI marker: every JPEG starts with it
+
+
+def checked_jpegs(jpegs):
+  """``jpegs`` once each starts like a JPEG; fails otherwise (before libjpeg sees the bytes,
+  which would print a dozen lines per bad frame). Readers skip an example that fails
+  (record_stream.skip_damaged)."""
+  starts = tf.strings.substr(jpegs, 0, len(JPEG_START)) == JPEG_START
+  check = tf.debugging.assert_equal(tf.reduce_all(starts), True, message='not a JPEG')
+  with tf.control_dependencies([check]):
+    return tf.identity(jpegs)
+
+
 def decode_onto_canvas(jpegs, count: int, frame_size: tuple[int, int]):
   """(count,) JPEG strings -> (count, H, W, 3) uint8 on the (H, W) = ``frame_size`` canvas.
 
@@ -29,6 +42,7 @@ def decode_onto_canvas(jpegs, count: int, frame_size: tuple[int, int]):
   costs more than the decodes of small frames.
   """
   height, width = frame_size
+  jpegs = checked_jpegs(jpegs)
   frames = []
   for i in range(count):
     image = tf.io.decode_jpeg(jpegs[i], channels=3)
@@ -41,7 +55,7 @@ def decode_onto_canvas(jpegs, count: int, frame_size: tuple[int, int]):
 
 def decode_frames(jpegs):
   """(N,) JPEG strings of one video (one size) -> (N, H, W, 3) uint8."""
-  return tf.map_fn(lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3), jpegs,
+  return tf.map_fn(lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3), checked_jpegs(jpegs),
                    fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
 
 

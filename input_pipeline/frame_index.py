@@ -2,8 +2,9 @@ r"""Where every JPEG lies inside the shards, so the training reader reads only t
 
 A K400 record holds 300 JPEGs (about 3.9 MB at 340x256); a VCLR example uses 6 of them. Next
 to every shard ``shard-*.tfrecord`` preparation writes ``shard-*.frames.npz`` with, for each
-frame of each record in shard order, its byte offset in the shard file and its length, and
-the number of frames of each record. The training reader then reads 6 byte ranges (about
+frame of each record in shard order, its byte offset in the shard file, its length and its
+CRC-32 (the reader skips a frame whose bytes changed: input_pipeline/damage.py), and the
+number of frames of each record. The training reader then reads 6 byte ranges (about
 80 KB) per example instead of the whole record; the records themselves stay ordinary DMVR
 SequenceExamples, read whole by the evaluation readers.
 
@@ -22,6 +23,7 @@ import io
 import os
 import struct
 import threading
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -53,56 +55,97 @@ class ShardIndexBuilder:
 
   def __init__(self):
     self._file_offset = 0
-    self._offsets, self._lengths, self._counts = [], [], []
+    self._offsets, self._lengths, self._crcs, self._counts = [], [], [], []
 
   def add(self, serialized: bytes, jpegs: Sequence[bytes]) -> None:
     data_start = self._file_offset + RECORD_HEADER_BYTES
     self._offsets.append(data_start + jpeg_positions(serialized, jpegs))
     self._lengths.append(np.asarray([len(j) for j in jpegs], np.int32))
+    self._crcs.append(np.asarray([zlib.crc32(j) for j in jpegs], np.uint32))
     self._counts.append(len(jpegs))
     self._file_offset = data_start + len(serialized) + RECORD_FOOTER_BYTES
 
+  @property
+  def num_bytes(self) -> int:
+    """Size of the shard file holding the records added so far."""
+    return self._file_offset
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    """The index as saved in ``shard-*.frames.npz``."""
+
+    def joined(parts, dtype):
+      return np.concatenate(parts).astype(dtype) if parts else np.zeros((0,), dtype)
+
+    return {'offsets': joined(self._offsets, np.int64), 'lengths': joined(self._lengths, np.int32),
+            'crc32': joined(self._crcs, np.uint32),
+            'frames_per_record': np.asarray(self._counts, np.int64)}
+
   def save(self, path: str) -> None:
     import tensorflow as tf
-    empty = np.zeros((0,), np.int64)
     buffer = io.BytesIO()  # zip needs a seekable file; gfile writers are not
-    np.savez(buffer, offsets=np.concatenate(self._offsets) if self._offsets else empty,
-             lengths=np.concatenate(self._lengths) if self._lengths else empty.astype(np.int32),
-             frames_per_record=np.asarray(self._counts, np.int64))
+    np.savez(buffer, **self.arrays())
     tmp_path = path + '.tmp.npz'
     with tf.io.gfile.GFile(tmp_path, 'wb') as f:
       f.write(buffer.getvalue())
     tf.io.gfile.rename(tmp_path, path, overwrite=True)
 
 
-def iterate_records(shard_path: str):
-  """Serialised records of a TFRecord file, read with the plain framing (no CRC check)."""
+def count_records(shard_path: str) -> int:
+  """Records whose TFRecord framing fits in the file, found by reading only the length headers.
+
+  Cheap (one small read per record); a truncated file or garbled length ends the count early.
+  CRCs are not checked here: ``python -m input_pipeline.verify`` does that.
+  """
   import tensorflow as tf
+  size = tf.io.gfile.stat(shard_path).length
+  count = offset = 0
   with tf.io.gfile.GFile(shard_path, 'rb') as f:
-    while True:
-      header = f.read(RECORD_HEADER_BYTES)
-      if not header:
-        return
-      if len(header) < RECORD_HEADER_BYTES:
-        raise ValueError(f'{shard_path}: truncated record header')
-      (length,) = struct.unpack('<Q', header[:8])
-      data = f.read(length)
-      f.read(RECORD_FOOTER_BYTES)
-      if len(data) < length:
-        raise ValueError(f'{shard_path}: truncated record')
-      yield data
+    while offset + RECORD_HEADER_BYTES <= size:
+      f.seek(offset)
+      (length,) = struct.unpack('<Q', f.read(8))
+      offset += RECORD_HEADER_BYTES + length + RECORD_FOOTER_BYTES
+      if offset > size:
+        break
+      count += 1
+  return count
 
 
-def build_shard_index(shard_path: str) -> None:
-  """Writes ``shard-*.frames.npz`` for an existing shard by reading it once."""
+def index_of_shard(shard_path: str) -> ShardIndexBuilder:
+  """The frame index of an existing shard, by reading it once (CRCs checked: a damaged shard
+  raises ValueError naming the file instead of getting an index of its damage)."""
   import tensorflow as tf
   from input_pipeline import records
   builder = ShardIndexBuilder()
-  for serialized in iterate_records(shard_path):
-    example = tf.train.SequenceExample.FromString(serialized)
-    jpegs = example.feature_lists.feature_list[records.IMAGE_KEY].feature
-    builder.add(serialized, [frame.bytes_list.value[0] for frame in jpegs])
-  builder.save(index_path(shard_path))
+  try:
+    for serialized in tf.data.TFRecordDataset(shard_path).as_numpy_iterator():
+      example = tf.train.SequenceExample.FromString(serialized)
+      jpegs = example.feature_lists.feature_list[records.IMAGE_KEY].feature
+      builder.add(serialized, [frame.bytes_list.value[0] for frame in jpegs])
+  except tf.errors.OpError as error:
+    raise ValueError(f'{shard_path} is damaged ({error.message}); prepare it again.') from None
+  return builder
+
+
+def read_index_file(shard_path: str) -> dict[str, np.ndarray]:
+  """The saved frame index of a shard; FileNotFoundError naming it and the fix if missing."""
+  import tensorflow as tf
+  path = index_path(shard_path)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(
+        f'{path} is missing: the training reader reads single frames through it. Create it '
+        'with `python -m input_pipeline.frame_index --records=DIR` (records prepared before the '
+        'frame index existed), or prepare the records again.')
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    index = dict(np.load(io.BytesIO(f.read())))
+  if 'crc32' not in index:
+    raise ValueError(f'{path} predates frame checksums: rebuild it with `python -m '
+                     'input_pipeline.frame_index --records=DIR`.')
+  return index
+
+
+def build_shard_index(shard_path: str) -> None:
+  """Writes ``shard-*.frames.npz`` for an existing shard (see index_of_shard)."""
+  index_of_shard(shard_path).save(index_path(shard_path))
 
 
 class HostFrames:
@@ -113,24 +156,18 @@ class HostFrames:
   """
 
   def __init__(self, shard_paths: Sequence[str]):
-    import tensorflow as tf
-    offsets, lengths, counts, shard_of_video = [], [], [], []
+    offsets, lengths, crcs, counts, shard_of_video = [], [], [], [], []
     for shard_number, path in enumerate(shard_paths):
-      index_file = index_path(path)
-      if not tf.io.gfile.exists(index_file):
-        raise FileNotFoundError(
-            f'{index_file} is missing: the training reader reads single frames through it. '
-            f'Create it with `python -m input_pipeline.frame_index --records=DIR` (records '
-            'prepared before the frame index existed), or prepare the records again.')
-      with tf.io.gfile.GFile(index_file, 'rb') as f:
-        index = np.load(io.BytesIO(f.read()))
-        offsets.append(index['offsets'])
-        lengths.append(index['lengths'])
-        counts.append(index['frames_per_record'])
+      index = read_index_file(path)
+      offsets.append(index['offsets'])
+      lengths.append(index['lengths'])
+      crcs.append(index['crc32'])
+      counts.append(index['frames_per_record'])
       shard_of_video.append(np.full(len(counts[-1]), shard_number, np.int32))
     self.paths = list(shard_paths)
     self.offsets = np.concatenate(offsets)
     self.lengths = np.concatenate(lengths).astype(np.int64)
+    self.crcs = np.concatenate(crcs)
     self.frames_per_video = np.concatenate(counts)
     self.first_frame = np.concatenate([[0], np.cumsum(self.frames_per_video)[:-1]]).astype(np.int64)
     self.shard_of_video = np.concatenate(shard_of_video)
@@ -147,18 +184,31 @@ class HostFrames:
                       else tf.io.gfile.GFile(path, 'rb'))
     return files[shard]
 
-  def read(self, video: int, frames: np.ndarray) -> list[bytes]:
-    """The JPEG bytes of ``frames`` (indices within the video) of host video ``video``."""
+  def read(self, video: int, frames: np.ndarray) -> tuple[list[bytes], int]:
+    """(JPEG bytes of ``frames`` (indices within the video) of host video ``video``, status).
+
+    The status is a damage.py code: OK, TRUNCATED_FRAME (the file ends before a frame),
+    CHECKSUM (a frame's bytes changed) or UNREADABLE (the shard cannot be opened or read).
+    """
+    from input_pipeline import damage
     rows = self.first_frame[video] + frames
-    handle = self._file(int(self.shard_of_video[video]))
     out = []
-    for offset, length in zip(self.offsets[rows], self.lengths[rows]):
-      if isinstance(handle, int):
-        out.append(os.pread(handle, int(length), int(offset)))
-      else:
-        handle.seek(int(offset))
-        out.append(handle.read(int(length)))
-    return out
+    try:
+      handle = self._file(int(self.shard_of_video[video]))
+      for offset, length in zip(self.offsets[rows], self.lengths[rows]):
+        if isinstance(handle, int):
+          out.append(os.pread(handle, int(length), int(offset)))
+        else:
+          handle.seek(int(offset))
+          out.append(handle.read(int(length)))
+    except Exception:  # pylint: disable=broad-except
+      # OSError locally, tf.errors on other filesystems: the shard is gone or unreadable.
+      return [], damage.UNREADABLE
+    if any(len(jpeg) != length for jpeg, length in zip(out, self.lengths[rows])):
+      return [], damage.TRUNCATED_FRAME
+    if any(zlib.crc32(jpeg) != crc for jpeg, crc in zip(out, self.crcs[rows])):
+      return [], damage.CHECKSUM
+    return out, damage.OK
 
   def bytes_of(self, video: int, frames: np.ndarray) -> int:
     return int(self.lengths[self.first_frame[video] + frames].sum())

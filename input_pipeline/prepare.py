@@ -4,8 +4,11 @@ r"""Prepares videos into sharded tf.train.SequenceExample records (see docs/data
       --splits_dir=ucfTrainTestlist --splits=train,test --out=records/ucf101 --short_side=256
 
 Shards are written in parallel worker processes; a shard counts as finished once its summary
-``shard-*.json`` exists, so rerunning the same command after an interruption writes only the
-missing shards. Inputs that cannot be used are skipped and listed in ``<split>/skipped.tsv``.
+``shard-*.json`` exists and the shard file still has the byte size and record count the summary
+recorded, so rerunning the same command after an interruption writes only the missing shards
+and the damaged ones (truncated, or cut off by garbage). Inputs that cannot be used are skipped
+and listed in ``<split>/skipped.tsv``. Every path goes through ``tf.io.gfile``: ``--out`` may be
+``gs://...`` (or any filesystem TensorFlow accepts).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 from typing import Sequence
 
 import numpy as np
+import tensorflow as tf
 import tqdm
 
 from input_pipeline import frame_index
@@ -39,6 +43,7 @@ class EncodingOptions:
   jpeg_quality: int
   min_frames: int
   frames_fps: float  # Frame rate of the 'frames' source's JPEG folders.
+  frames_per_video: int | None = None  # Pad or trim every video to this many (fit_frame_count).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +63,23 @@ class ShardTask:
     return self.record_path[:-len('.tfrecord')] + '.json'
 
 
+def fit_frame_count(frames: list, count: int) -> list:
+  """The frames of a video padded or trimmed to ``count``, by the reference's K400 rule.
+
+  The authors' extractor (tools/data/k400/extract_frames.py of amazon-science/
+  video-contrastive-learning) keeps the first ``count`` frames of a longer video. For a shorter
+  one of n frames it copies frame n - 1 (1-based file names) over frame n and onwards up to
+  ``count``: the result is frames 1 .. n - 1 followed by frame n - 1 repeated, so the true last
+  frame is lost. We do the same, so that records match the reference's frame folders frame for
+  frame (and segment boundaries, which depend only on the count, match too). Needs n >= 2.
+  """
+  if len(frames) >= count:
+    return frames[:count]
+  if len(frames) < 2:
+    raise ValueError(f'the reference padding rule needs at least 2 frames, got {len(frames)}')
+  return frames[:len(frames) - 1] + [frames[len(frames) - 2]] * (count - len(frames) + 1)
+
+
 def decode_entry(entry: sources.VideoEntry, options: EncodingOptions
                  ) -> video_decoding.DecodedVideo:
   if entry.is_frame_folder:
@@ -71,12 +93,14 @@ def decode_entry(entry: sources.VideoEntry, options: EncodingOptions
   if len(video.jpeg_frames) < options.min_frames:
     raise video_decoding.VideoError(
         f'too short: {len(video.jpeg_frames)} frames, need --min_frames={options.min_frames}')
+  if options.frames_per_video:
+    video = dataclasses.replace(
+        video, jpeg_frames=fit_frame_count(video.jpeg_frames, options.frames_per_video))
   return video
 
 
 def write_shard(task: ShardTask) -> dict:
   """Writes one shard and its summary; bad inputs are recorded, never raised."""
-  import tensorflow as tf
   num_videos = num_frames = 0
   seconds = 0.0
   skipped = []
@@ -103,10 +127,11 @@ def write_shard(task: ShardTask) -> dict:
       num_videos += 1
       num_frames += len(video.jpeg_frames)
       seconds += len(video.jpeg_frames) / video.fps
-  os.replace(tmp_path, task.record_path)
+  tf.io.gfile.rename(tmp_path, task.record_path, overwrite=True)
   frames.save(frame_index.index_path(task.record_path))
   summary = {'path': os.path.basename(task.record_path), 'num_videos': num_videos,
-             'num_frames': num_frames, 'seconds': seconds, 'skipped': skipped}
+             'num_frames': num_frames, 'num_bytes': frames.num_bytes, 'seconds': seconds,
+             'skipped': skipped}
   records.write_json_atomically(task.summary_path, summary)
   return summary
 
@@ -115,9 +140,8 @@ def _check_settings(split_dir: str, settings: dict) -> None:
   """Refuses to mix shards written with different settings into one split."""
   path = os.path.join(split_dir, SETTINGS_FILENAME)
   settings = json.loads(json.dumps(settings))  # Tuples become lists, as in the saved file.
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
+  if tf.io.gfile.exists(path):
+    previous = records.read_json(path)
     if previous != settings:
       changed = sorted(k for k in set(previous) | set(settings)
                        if previous.get(k) != settings.get(k))
@@ -137,7 +161,7 @@ def prepare_split(listing: sources.Listing, *, out_dir: str, split: str,
   one, in this process.
   """
   split_dir = records.split_dir(out_dir, split)
-  os.makedirs(split_dir, exist_ok=True)
+  tf.io.gfile.makedirs(split_dir)
   num_entries = len(listing.entries)
   num_shards = num_shards or max(1, -(-num_entries // videos_per_shard))
   num_shards = min(num_shards, num_entries)
@@ -151,11 +175,11 @@ def prepare_split(listing: sources.Listing, *, out_dir: str, split: str,
   tasks = [ShardTask(split_dir, shard, num_shards,
                      [(int(i), listing.entries[i]) for i in sorted(order[shard::num_shards])],
                      options) for shard in range(num_shards)]
-  pending = [task for task in tasks if not os.path.exists(task.summary_path)]
+  pending = [task for task in tasks if not is_finished(task)]
   done_videos = sum(len(task.entries) for task in tasks) - sum(len(t.entries) for t in pending)
   if len(pending) < len(tasks):
-    print(f'{split}: {len(tasks) - len(pending)} of {len(tasks)} shards already finished, '
-          'skipping them.')
+    print(f'{split}: {len(tasks) - len(pending)} of {len(tasks)} shards already finished (size '
+          'and record count checked), skipping them.')
   with tqdm.tqdm(total=num_entries, initial=done_videos, unit='video', desc=split,
                  disable=not show_progress) as progress:
     if pool is None or len(pending) <= 1:
@@ -169,6 +193,30 @@ def prepare_split(listing: sources.Listing, *, out_dir: str, split: str,
   return _write_index(split_dir, tasks, listing, split, settings)
 
 
+def shard_mismatch(record_path: str, summary: dict) -> str | None:
+  """Why the shard file does not match its summary (size, record count), or None if it does."""
+  if not tf.io.gfile.exists(record_path):
+    return 'the file is missing'
+  size = tf.io.gfile.stat(record_path).length
+  if size != summary['num_bytes']:
+    return f'{size} bytes, its summary says {summary["num_bytes"]}'
+  count = frame_index.count_records(record_path)
+  if count != summary['num_videos']:
+    return f'{count} readable records, its summary says {summary["num_videos"]}'
+  return None
+
+
+def is_finished(task: ShardTask) -> bool:
+  """True if the shard's summary exists and the shard file still matches it; a shard that does
+  not is reported and will be written again."""
+  if not tf.io.gfile.exists(task.summary_path):
+    return False
+  mismatch = shard_mismatch(task.record_path, records.read_json(task.summary_path))
+  if mismatch:
+    print(f'{task.record_path} does not match its summary ({mismatch}): writing it again.')
+  return mismatch is None
+
+
 def worker_pool(workers: int):
   """A pool of ``workers`` processes for prepare_split, or None to work in this process."""
   if workers <= 1:
@@ -179,12 +227,9 @@ def worker_pool(workers: int):
 
 def _write_index(split_dir: str, tasks: list[ShardTask], listing: sources.Listing, split: str,
                  settings: dict) -> dict:
-  summaries = []
-  for task in tasks:
-    with open(task.summary_path) as f:
-      summaries.append(json.load(f))
+  summaries = [records.read_json(task.summary_path) for task in tasks]
   skipped = [row for summary in summaries for row in summary['skipped']]
-  with open(os.path.join(split_dir, records.SKIPPED_FILENAME), 'w') as f:
+  with tf.io.gfile.GFile(os.path.join(split_dir, records.SKIPPED_FILENAME), 'w') as f:
     f.write('video\treason\n')
     for name, reason in skipped:
       f.write(f'{name}\t{reason}\n')
@@ -197,7 +242,8 @@ def _write_index(split_dir: str, tasks: list[ShardTask], listing: sources.Listin
       'num_skipped': len(skipped),
       'num_classes': len(listing.class_names),
       'class_names': listing.class_names,
-      'shards': [{k: s[k] for k in ('path', 'num_videos', 'num_frames')} for s in summaries],
+      'shards': [{k: s[k] for k in ('path', 'num_videos', 'num_frames', 'num_bytes')}
+                 for s in summaries],
       'settings': settings,
   }
   records.write_json_atomically(os.path.join(split_dir, records.INDEX_FILENAME), index)
@@ -209,7 +255,7 @@ def summarize(index: dict, split_dir: str) -> str:
            f"{index['num_classes']} classes in {len(index['shards'])} shards at {split_dir}"]
   if index['num_skipped']:
     reasons = collections.Counter()
-    with open(os.path.join(split_dir, records.SKIPPED_FILENAME)) as f:
+    with tf.io.gfile.GFile(os.path.join(split_dir, records.SKIPPED_FILENAME)) as f:
       next(f)
       for line in f:
         reason = line.rstrip('\n').split('\t', 1)[1]
@@ -262,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
   output.add_argument('--jpeg_quality', type=int, default=90)
   output.add_argument('--min_frames', type=int, default=DEFAULT_MIN_FRAMES,
                       help='videos with fewer frames after resampling are skipped')
+  output.add_argument('--frames_per_video', type=int, default=0,
+                      help='pad or trim every video to this many frames by the reference '
+                      "extractor's rule (K400: 300 with --fps=30 --resize=340x256; 0: keep all)")
   output.add_argument('--videos_per_shard', type=int, default=128)
   output.add_argument('--num_shards', type=int, default=0,
                       help='shards per split (0: from --videos_per_shard)')
@@ -276,10 +325,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   fixed_size = _parse_size(args.resize)
   if fixed_size and args.short_side:
     raise SystemExit('Pass either --resize or --short_side, not both.')
+  if args.frames_per_video and (args.frames_per_video < 0 or args.min_frames < 2):
+    raise SystemExit(f'--frames_per_video={args.frames_per_video} needs a positive count and '
+                     f'--min_frames of at least 2 (got {args.min_frames}): the padding repeats '
+                     'the second-to-last frame.')
   options = EncodingOptions(
       fps=args.fps or None,
       geometry=video_decoding.FrameGeometry(fixed_size, args.short_side or None),
-      jpeg_quality=args.jpeg_quality, min_frames=args.min_frames, frames_fps=args.frames_fps)
+      jpeg_quality=args.jpeg_quality, min_frames=args.min_frames, frames_fps=args.frames_fps,
+      frames_per_video=args.frames_per_video or None)
   source_description = {k: getattr(args, k) for k in (
       'source', 'root', 'csv', 'videos_dir', 'splits_dir', 'split_number')}
   splits = [s for s in args.splits.split(',') if s]

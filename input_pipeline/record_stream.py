@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from input_pipeline import damage
 from input_pipeline import records
 
 
@@ -42,6 +43,8 @@ class ReaderOptions:
   shuffle_buffer: int = 256
   num_parallel_calls: int = 0  # Threads that parse and decode; 0: tf.data.AUTOTUNE.
   prefetch: int = 2  # Batches prepared ahead.
+  # More damaged videos than this fraction of the split stops the run (input_pipeline/damage.py).
+  max_skipped_fraction: float = damage.DEFAULT_MAX_SKIPPED_FRACTION
 
   @classmethod
   def from_config(cls, data_config) -> 'ReaderOptions':
@@ -74,6 +77,61 @@ def host_shards(records_dir: str, split: str, process_index: int | None,
   return shards, process_index, process_count
 
 
+def shard_records(shards: list[dict]) -> Callable[[tf.Tensor], tf.data.Dataset]:
+  """``shard number -> dataset`` of that shard's records, exactly ``num_videos`` of them.
+
+  Each element is {'serialized', 'status', 'shard', 'record'}. A record the TFRecord reader
+  cannot deliver (the file ends early, a length or data CRC fails: TensorFlow cannot find the
+  next record after that) and every record after it in the shard come with status
+  damage.UNREADABLE and no bytes, so the stream keeps its positions.
+  """
+  paths = tf.constant([shard['path'] for shard in shards])
+  counts = tf.constant([shard['num_videos'] for shard in shards], tf.int64)
+
+  def records_of(shard):
+    readable = (tf.data.TFRecordDataset(tf.gather(paths, shard))
+                .map(lambda serialized: (serialized, damage.OK))
+                .ignore_errors())  # ends the shard at its first error
+    rest = tf.data.Dataset.from_tensors((tf.constant(b''), damage.UNREADABLE)).repeat()
+    return (readable.concatenate(rest).take(tf.gather(counts, shard)).enumerate()
+            .map(lambda record, element: {
+                'serialized': element[0], 'status': element[1],
+                'shard': tf.cast(shard, tf.int32), 'record': tf.cast(record, tf.int32)}))
+
+  return records_of
+
+
+def skip_damaged(dataset: tf.data.Dataset, make: Callable[[dict], dict],
+                 placeholder: Callable[[], dict], threads: int) -> tf.data.Dataset:
+  """``make`` applied to each element, in order, never failing.
+
+  Elements are dicts with damage.TRACE_KEYS. ``make(element)`` runs only on elements whose
+  status is OK; when it raises (a JPEG libjpeg cannot decode, a record that does not parse),
+  or the status was already bad, the output is ``placeholder()`` instead. Outputs carry the
+  trace keys, the status updated (damage.UNDECODABLE for a failed make).
+  """
+
+  def trace(element, status):
+    return {'status': tf.cast(status, tf.int32), 'shard': element['shard'],
+            'record': element['record']}
+
+  def attempt(element):
+    checked = tf.debugging.assert_equal(element['status'], damage.OK)
+    with tf.control_dependencies([checked]):  # nothing of a damaged element is decoded
+      element = tf.nest.map_structure(tf.identity, element)
+    return dict(make(element), **trace(element, damage.OK))
+
+  def one(element):
+    made = tf.data.Dataset.from_tensors(element).map(attempt).ignore_errors()
+    status = tf.where(element['status'] == damage.OK, damage.UNDECODABLE, element['status'])
+    instead = tf.data.Dataset.from_tensors(dict(placeholder(), **trace(element, status)))
+    return made.concatenate(instead).take(1)
+
+  # Every inner dataset yields one element, so the deterministic interleave keeps the order.
+  return dataset.interleave(one, cycle_length=threads, block_length=1,
+                            num_parallel_calls=threads, deterministic=True)
+
+
 def example_stream(shards: list[dict], *, seed: int, process_index: int, start_example: int,
                    options: ReaderOptions,
                    shard_elements: Callable[[tf.Tensor], tf.data.Dataset] | None = None
@@ -81,18 +139,17 @@ def example_stream(shards: list[dict], *, seed: int, process_index: int, start_e
   """Endless dataset of (example seed (2,) int64, element) from ``start_example``.
 
   ``start_example`` counts records of this host's stream from the very beginning (epoch 0).
-  The element is the serialised record, or what ``shard_elements(shard number)`` yields for
-  each record of a shard (in record order; the training reader yields video numbers and
-  reads only the frames it samples).
+  The element is what ``shard_elements(shard number)`` yields for each record of a shard, in
+  record order, exactly ``num_videos`` of them: by default shard_records' dicts (the training
+  reader yields video numbers instead and reads only the frames it samples).
   """
   host_videos = sum(shard['num_videos'] for shard in shards)
   if host_videos == 0:
     raise ValueError(
         f'Host {process_index} got {len(shards)} shards with no videos. Prepare the split with '
         'more shards (--num_shards of at least the number of hosts) or run on fewer hosts.')
-  paths = tf.constant([shard['path'] for shard in shards])
   if shard_elements is None:
-    shard_elements = lambda shard: tf.data.TFRecordDataset(tf.gather(paths, shard))
+    shard_elements = shard_records(shards)
   sizes = tf.constant([shard['num_videos'] for shard in shards], tf.int64)
   num_shards = len(shards)
   cycle_length = min(options.cycle_length, num_shards)
@@ -137,17 +194,20 @@ def example_stream(shards: list[dict], *, seed: int, process_index: int, start_e
   return tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_records)
 
 
-def batched_examples(records_dir: str, split: str,
-                     make_example: Callable[[tf.Tensor, tf.Tensor], dict], *, batch_size: int,
-                     seed: int, start_step: int, process_index: int | None,
-                     process_count: int | None, options: ReaderOptions,
+def batched_examples(records_dir: str, split: str, *,
+                     read: Callable[[dict, tf.Tensor], dict], make: Callable[[dict], dict],
+                     placeholder: Callable[[], dict], batch_size: int, seed: int,
+                     start_step: int, process_index: int | None, process_count: int | None,
+                     options: ReaderOptions,
                      shard_elements_of: Callable[[list[dict]], Callable] | None = None
-                     ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless per-host NumPy batches of ``make_example(element, example_seed)``.
+                     ) -> damage.SkippingBatches:
+  """Endless per-host NumPy batches of ``make(read(element, example_seed))``.
 
-  The element is the serialised record, or, with ``shard_elements_of``, what the function it
-  returns for this host's shards yields (see example_stream). Batch ``start_step`` of the run
-  that started at 0 comes first (see the module docstring).
+  The element is shard_records' dict, or, with ``shard_elements_of``, what the function it
+  returns for this host's shards yields (see example_stream). ``read`` must not fail (it
+  returns the trace keys of damage.py); ``make`` may: see skip_damaged and
+  damage.SkippingBatches. Batch ``start_step`` of the run that started at 0 comes first (see
+  the module docstring).
   """
   if batch_size <= 0 or start_step < 0:
     raise ValueError(f'batch_size={batch_size} must be positive and start_step={start_step} '
@@ -156,9 +216,13 @@ def batched_examples(records_dir: str, split: str,
   stream = example_stream(shards, seed=seed, process_index=process_index,
                           start_example=start_step * batch_size, options=options,
                           shard_elements=shard_elements_of(shards) if shard_elements_of else None)
-  return (stream
-          .map(lambda example_seed, element: make_example(element, example_seed),
-               num_parallel_calls=options.threads, deterministic=True)
-          .batch(batch_size, drop_remainder=True)
-          .prefetch(options.prefetch)
-          .as_numpy_iterator())
+  examples = stream.map(lambda example_seed, element: read(element, example_seed),
+                        num_parallel_calls=options.threads, deterministic=True)
+  batches = (skip_damaged(examples, make, placeholder, options.threads)
+             .batch(batch_size, drop_remainder=True)
+             .prefetch(options.prefetch)
+             .as_numpy_iterator())
+  return damage.SkippingBatches(
+      batches, [shard['path'] for shard in shards],
+      split_videos=records.read_index(records_dir, split)['num_videos'],
+      max_skipped_fraction=options.max_skipped_fraction, fill=True)

@@ -96,27 +96,47 @@ def read_index(records_dir: str, split: str) -> dict[str, Any]:
   Returns the dict written by preparation, with at least ``num_videos``, ``num_classes``,
   ``class_names`` (list, position = label index; empty for unlabelled data), ``num_frames``
   (total over the split) and ``shards``: a list of ``{'path': absolute path, 'num_videos': n,
-  'num_frames': total frames}`` in shard order.
+  'num_frames': total frames, 'num_bytes': file size}`` in shard order. Paths go through
+  tf.io.gfile (any filesystem TensorFlow accepts).
   """
+  import tensorflow as tf
   path = os.path.join(split_dir(records_dir, split), INDEX_FILENAME)
-  if not os.path.exists(path):
-    available = sorted(
-        name for name in (os.listdir(records_dir) if os.path.isdir(records_dir) else [])
-        if os.path.exists(os.path.join(records_dir, name, INDEX_FILENAME)))
+  if not tf.io.gfile.exists(path):
     raise FileNotFoundError(
         f'No index for split {split!r}: {path} does not exist. Prepared splits in '
-        f'{records_dir}: {available or "none"}. Run `python -m input_pipeline.prepare` '
-        f'with --out={records_dir} --splits={split} first.')
-  with open(path) as f:
-    index = json.load(f)
+        f'{records_dir}: {prepared_splits(records_dir) or "none"}. Run `python -m '
+        f'input_pipeline.prepare` with --out={records_dir} --splits={split} first.')
+  index = read_json(path)
+  if index['split'] != split:
+    raise ValueError(
+        f'{path} is the index of split {index["split"]!r}, but split {split!r} was asked for: '
+        f'the folder {split_dir(records_dir, split)} holds records of another split (copied or '
+        'renamed?). Point the reader at the right folder, or prepare the split again.')
   for shard in index['shards']:
     shard['path'] = os.path.join(split_dir(records_dir, split), shard['path'])
   return index
 
 
+def prepared_splits(records_dir: str) -> list[str]:
+  """The splits of ``records_dir`` that have an index, sorted."""
+  import tensorflow as tf
+  if not tf.io.gfile.isdir(records_dir):
+    return []
+  return sorted(name.rstrip('/') for name in tf.io.gfile.listdir(records_dir)
+                if tf.io.gfile.exists(os.path.join(records_dir, name.rstrip('/'),
+                                                   INDEX_FILENAME)))
+
+
+def read_json(path: str) -> Any:
+  import tensorflow as tf
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
 def write_json_atomically(path: str, payload: Any) -> None:
   """Writes JSON through a temporary file so that a killed run never leaves half a file."""
+  import tensorflow as tf
   tmp_path = path + '.tmp'
-  with open(tmp_path, 'w') as f:
+  with tf.io.gfile.GFile(tmp_path, 'w') as f:
     json.dump(payload, f, indent=1)
-  os.replace(tmp_path, path)
+  tf.io.gfile.rename(tmp_path, path, overwrite=True)

@@ -50,11 +50,15 @@ def make_tsn_train_iterator(records_dir: str, split: str, *, batch_size: int,
                             ) -> Iterator[dict[str, np.ndarray]]:
   """Endless per-host batches: 'frames' (b, num_segments, H, W, 3) uint8 on the frame_size
   canvas, 'label' (b,) int32, 'video_index' (b,) int32. Arguments as
-  train_reader.make_train_iterator.
+  train_reader.make_train_iterator; damaged records are skipped as there (damage.py).
   """
+  frame_size = tuple(frame_size)
   return record_stream.batched_examples(
       records_dir, split,
-      lambda serialized, example_seed: make_tsn_example(
-          serialized, example_seed, num_segments, tuple(frame_size)),
+      read=lambda element, example_seed: dict(element, example_seed=example_seed),
+      make=lambda element: make_tsn_example(element['serialized'], element['example_seed'],
+                                            num_segments, frame_size),
+      placeholder=lambda: {'frames': tf.zeros((num_segments,) + frame_size + (3,), tf.uint8),
+                           'label': tf.constant(0), 'video_index': tf.constant(0)},
       batch_size=batch_size, seed=seed, start_step=start_step, process_index=process_index,
       process_count=process_count, options=options)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from input_pipeline import damage
 from input_pipeline import frame_index
 from input_pipeline import record_stream
 from input_pipeline import records
@@ -34,7 +35,7 @@ def test_index_reads_back_every_frame_of_every_record(records_dir):
   assert len(expected) == len(host.frames_per_video) == sum(s['num_videos'] for s in shards)
   for video, jpegs in enumerate(expected):
     assert host.frames_per_video[video] == len(jpegs)
-    assert host.read(video, np.arange(len(jpegs))) == jpegs
+    assert host.read(video, np.arange(len(jpegs))) == (jpegs, damage.OK)
   assert host.videos_per_shard.tolist() == [s['num_videos'] for s in shards]
 
 

@@ -73,8 +73,8 @@ def _epoch_video_indices(records_dir, process_index, process_count, epochs=1):
   stream = record_stream.example_stream(
       shards, seed=0, process_index=process_index, start_example=0,
       options=STREAM)
-  return [int(records.parse_video(serialized)['video_index'])
-          for _, serialized in stream.take(epochs * host_videos)]
+  return [int(records.parse_video(element['serialized'])['video_index'])
+          for _, element in stream.take(epochs * host_videos)]
 
 
 def test_hosts_read_disjoint_shards_that_cover_the_split(records_dir):

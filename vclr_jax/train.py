@@ -94,6 +94,8 @@ def describe_step(step: int, total: int, means: dict[str, float]) -> str:
           f'lr {means["learning_rate"]:.3g}')
   if means['skipped_nonfinite'] > 0:
     line += f' | {means["skipped_nonfinite"]:.0%} of these steps non-finite, not applied'
+  if means.get('skipped_examples', 0) > 0:
+    line += f' | skipped_examples {means["skipped_examples"]:.0f} (damaged records, see warnings)'
   return line
 
 
@@ -143,8 +145,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if jax.process_index() == 0 else metric_writers.MultiWriter([])
   writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
   train_step = train_step_lib.make_train_step(config, mesh, optimizer, learning_rate_fn)
-  batches = global_batches.prefetch_to_mesh(host_batches(config, start_step), mesh,
-                                            config.data.prefetch)
+  host_iterator = host_batches(config, start_step)
+  batches = global_batches.prefetch_to_mesh(host_iterator, mesh, config.data.prefetch)
   logging.info('Training %s steps (%d per epoch, %d devices, %d hosts) from step %d in %s.',
                total_steps, steps_per_epoch, mesh.size, jax.process_count(), start_step, workdir)
 
@@ -155,5 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       describe=lambda step, means: describe_step(step, total_steps, means),
       log=logging.info, writer=writer,
       check_previous=nonfinite_guard(config.max_nonfinite_in_a_row),
-      window_extras=lambda s: {'nonfinite_total': float(jax.device_get(s.nonfinite_total))})
+      window_extras=lambda s: {
+          'nonfinite_total': float(jax.device_get(s.nonfinite_total)),
+          # this host's reader (input_pipeline/damage.py); in-memory data has none
+          'skipped_examples': float(getattr(host_iterator, 'skipped_examples', 0))})
   return result.last_metrics
