@@ -105,7 +105,7 @@ def time_decode_floor(tf, frames_index, batches, warmup, batch_size, cores):
   for _ in range(4 * batch_size):
     video = int(rng.integers(len(frames_index.frames_per_video)))
     picks = rng.choice(frames_index.frames_per_video[video], 6, replace=False)
-    jpegs.append(frames_index.read(video, np.sort(picks)))
+    jpegs.append(frames_index.read(video, np.sort(picks))[0])
   iterator = iter(tf.data.Dataset.from_tensor_slices(tf.constant(jpegs)).repeat()
                   .map(lambda six: tf.stack([tf.io.decode_jpeg(six[i], channels=3)
                                              for i in range(6)]), num_parallel_calls=cores)

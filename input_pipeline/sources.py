@@ -2,7 +2,7 @@
 
 Every lister returns a ``Listing``: the class names (position = label index, consistent over
 all splits of the source) and the split's videos. Nothing is decoded here; unreadable files are
-found and reported later by preparation. Problems with the listing itself (missing split
+found and reported later by preparation. Paths go through tf.io.gfile (gs://... works). Problems with the listing itself (missing split
 files, unknown classes, nothing found) raise ``SourceError`` naming the file and the fix.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import os
+
+import tensorflow as tf
 
 from input_pipeline import records
 
@@ -39,12 +40,12 @@ class Listing:
 
 
 def _require_file(path: str, what: str, hint: str) -> None:
-  if not os.path.isfile(path):
+  if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
     raise SourceError(f'{what} not found: {path}. {hint}')
 
 
 def _require_dir(path: str, flag: str) -> None:
-  if not path or not os.path.isdir(path):
+  if not path or not tf.io.gfile.isdir(path):
     raise SourceError(f'{flag}={path!r} is not a directory. Pass the folder that holds the data.')
 
 
@@ -67,7 +68,7 @@ def list_kinetics(csv_path: str, videos_dir: str, split: str) -> Listing:
   """
   _require_file(csv_path, 'Kinetics annotation CSV', 'Pass --csv=<split>.csv from the dataset.')
   _require_dir(videos_dir, '--videos_dir')
-  with open(csv_path, newline='') as f:
+  with tf.io.gfile.GFile(csv_path) as f:
     rows = list(csv.DictReader(f))
   missing = {'label', 'youtube_id', 'time_start', 'time_end'} - set(rows[0] if rows else {})
   if not rows or missing:
@@ -83,7 +84,7 @@ def list_kinetics(csv_path: str, videos_dir: str, split: str) -> Listing:
   else:
     split_rows = rows
   files_by_stem = {}
-  for path in glob.glob(os.path.join(videos_dir, '*')) + glob.glob(
+  for path in tf.io.gfile.glob(os.path.join(videos_dir, '*')) + tf.io.gfile.glob(
       os.path.join(videos_dir, '*', '*')):
     if path.lower().endswith(VIDEO_EXTENSIONS):
       files_by_stem[os.path.splitext(os.path.basename(path))[0]] = path
@@ -103,14 +104,14 @@ def list_ucf101(root: str, splits_dir: str, split: str, split_number: int) -> Li
   _require_dir(splits_dir, '--splits_dir')
   class_ind = os.path.join(splits_dir, 'classInd.txt')
   _require_file(class_ind, 'UCF101 class list', 'Pass --splits_dir=<ucfTrainTestlist folder>.')
-  with open(class_ind) as f:
+  with tf.io.gfile.GFile(class_ind) as f:
     class_names = [line.split()[1] for line in f if line.strip()]
   if split not in ('train', 'test'):
     raise SourceError(f'UCF101 has splits train and test, not {split!r}: pass --splits=train,test.')
   list_path = os.path.join(splits_dir, f'{split}list{split_number:02d}.txt')
   _require_file(list_path, 'UCF101 split list', 'Check --splits_dir and --split_number (1-3).')
   entries = []
-  with open(list_path) as f:
+  with tf.io.gfile.GFile(list_path) as f:
     for line in f:
       if not line.strip():
         continue
@@ -125,7 +126,7 @@ def list_hmdb51(root: str, splits_dir: str, split: str, split_number: int) -> Li
   _require_dir(root, '--root')
   _require_dir(splits_dir, '--splits_dir')
   suffix = f'_test_split{split_number}.txt'
-  split_files = sorted(glob.glob(os.path.join(splits_dir, '*' + suffix)))
+  split_files = sorted(tf.io.gfile.glob(os.path.join(splits_dir, '*' + suffix)))
   if not split_files:
     raise SourceError(f'No HMDB51 split files *{suffix} in {splits_dir}. Pass --splits_dir='
                       '<testTrainMulti_7030_splits folder> and a --split_number of 1-3.')
@@ -135,7 +136,7 @@ def list_hmdb51(root: str, splits_dir: str, split: str, split_number: int) -> Li
   class_names = [os.path.basename(path)[:-len(suffix)] for path in split_files]
   entries = []
   for label_index, (class_name, split_file) in enumerate(zip(class_names, split_files)):
-    with open(split_file) as f:
+    with tf.io.gfile.GFile(split_file) as f:
       for line in f:
         parts = line.split()
         if len(parts) == 2 and parts[1] == codes[split]:
@@ -155,7 +156,7 @@ def list_frame_folders(root: str, split: str) -> Listing:
   _require_file(list_path, 'Frame list', f'Expected {split}.txt beside the frame folders '
                 '(lines "relative/path nframes label").')
   rows = []
-  with open(list_path) as f:
+  with tf.io.gfile.GFile(list_path) as f:
     for line in f:
       parts = line.split()
       if len(parts) < 3:
@@ -171,7 +172,7 @@ def list_frame_folders(root: str, split: str) -> Listing:
   entries = []
   for relative, label in rows:
     path = os.path.join(root, relative)
-    if not os.path.isdir(path):
+    if not tf.io.gfile.isdir(path):
       path = os.path.join(root, split, relative)
     entries.append(VideoEntry(path, relative, label, class_names[label], is_frame_folder=True))
   return Listing(class_names, entries)
@@ -181,7 +182,7 @@ def list_folder(root: str) -> Listing:
   """A folder (searched recursively) of unlabelled videos."""
   _require_dir(root, '--root')
   entries = []
-  for dirpath, _, filenames in sorted(os.walk(root)):
+  for dirpath, _, filenames in sorted(tf.io.gfile.walk(root)):
     for filename in sorted(filenames):
       if filename.lower().endswith(VIDEO_EXTENSIONS):
         path = os.path.join(dirpath, filename)
@@ -195,13 +196,13 @@ def list_class_list(root: str, split: str) -> Listing:
   _require_dir(root, '--root')
   classes_path = os.path.join(root, 'classes.txt')
   _require_file(classes_path, 'Class list', 'Expected classes.txt with one class name a line.')
-  with open(classes_path) as f:
+  with tf.io.gfile.GFile(classes_path) as f:
     class_names = [line.strip() for line in f if line.strip()]
   list_path = os.path.join(root, f'{split}.txt')
   _require_file(list_path, 'Split list', f'Expected {split}.txt with "Class/video.mp4 label" '
                 'lines; check --splits.')
   entries = []
-  with open(list_path) as f:
+  with tf.io.gfile.GFile(list_path) as f:
     for line in f:
       if line.strip():
         name = line.split()[0]

@@ -1,4 +1,7 @@
-"""Decoding one source video (PyAV) or frame folder into resampled, resized JPEG frames."""
+"""Decoding one source video (PyAV) or frame folder into resampled, resized JPEG frames.
+
+Paths go through tf.io.gfile, so sources may lie on any filesystem TensorFlow accepts.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any, Iterable, Iterator
 
 import av
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 
@@ -79,12 +83,13 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
 def decode_video_file(path: str, *, fps: float | None, geometry: FrameGeometry,
                       jpeg_quality: int) -> DecodedVideo:
   """Decodes a video file with PyAV; raises VideoError with the reason when it is unusable."""
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     raise VideoError('file not found')
-  if os.path.getsize(path) == 0:
+  if tf.io.gfile.stat(path).length == 0:
     raise VideoError('zero-length file')
   try:
-    with av.open(path) as container:
+    # Local files by name (FFmpeg reads them itself); others through a gfile file object.
+    with av.open(path if '://' not in path else tf.io.gfile.GFile(path, 'rb')) as container:
       if not container.streams.video:
         raise VideoError('no video stream')
       stream = container.streams.video[0]
@@ -106,7 +111,7 @@ def decode_video_file(path: str, *, fps: float | None, geometry: FrameGeometry,
         jpegs.append(last_jpeg)
   except VideoError:
     raise
-  except (av.FFmpegError, OSError, ValueError, RuntimeError) as error:
+  except (av.FFmpegError, OSError, ValueError, RuntimeError, tf.errors.OpError) as error:
     raise VideoError(f'cannot decode: {type(error).__name__}: {error}') from error
   return DecodedVideo(jpegs, fps or rate, width, height)
 
@@ -115,27 +120,27 @@ def decode_frame_folder(path: str, *, fps: float | None, source_fps: float,
                         geometry: FrameGeometry, jpeg_quality: int) -> DecodedVideo:
   """Reads a folder of JPEG frames (sorted by name); JPEGs are copied as they are unless a
   resize is asked for."""
-  if not os.path.isdir(path):
+  if not tf.io.gfile.isdir(path):
     raise VideoError('frame folder not found')
-  names = sorted(name for name in os.listdir(path)
+  names = sorted(name for name in tf.io.gfile.listdir(path)
                  if name.lower().endswith(('.jpg', '.jpeg')))
   if not names:
     raise VideoError('no JPEG frames in folder')
   chosen = list(resample(((i / source_fps, name) for i, name in enumerate(names)), fps,
                          1.0 / source_fps))
   try:
-    with Image.open(os.path.join(path, names[0])) as first:
+    with tf.io.gfile.GFile(os.path.join(path, names[0]), 'rb') as f, Image.open(f) as first:
       source_size = first.size
     size = geometry.output_size(*source_size)
     jpegs = []
     for name in chosen:
-      with open(os.path.join(path, name), 'rb') as f:
+      with tf.io.gfile.GFile(os.path.join(path, name), 'rb') as f:
         data = f.read()
       if size != source_size:
         with Image.open(io.BytesIO(data)) as image:
           resized = image.convert('RGB').resize(size, Image.Resampling.BICUBIC)
         data = encode_jpeg(np.asarray(resized), jpeg_quality)
       jpegs.append(data)
-  except OSError as error:
+  except (OSError, tf.errors.OpError) as error:
     raise VideoError(f'cannot read frame: {error}') from error
   return DecodedVideo(jpegs, fps or source_fps, size[0], size[1])

@@ -173,3 +173,45 @@ def test_kinetics_and_hmdb51_listings(tmp_path):
   assert listing.class_names == ['clap', 'wave']
   assert [(e.name, e.label_index) for e in listing.entries] == [('clap/b.avi', 0),
                                                                 ('wave/d.avi', 1)]
+
+
+def _reference_extractor(jpegs, count):
+  """What the authors' K400 extractor leaves on disk, restated as its file operations: ffmpeg
+  writes frame_00001.jpg ...; more than ``count`` files: the sorted ones from position
+  ``count`` on are removed; fewer (n): frame_{n-1} (its name formatted from n - 1) is copied
+  to frame_n ... frame_{count}."""
+  files = {f'frame_{i + 1:05d}.jpg': jpeg for i, jpeg in enumerate(jpegs)}
+  names = sorted(files)
+  if len(names) > count:
+    for name in names[count:]:
+      del files[name]
+  elif len(names) < count:
+    source = files[f'frame_{len(names) - 1:05d}.jpg']
+    for i in range(len(names), count + 1):
+      files[f'frame_{i:05d}.jpg'] = source
+  return [files[name] for name in sorted(files)]
+
+
+@pytest.mark.parametrize('num_frames', [10, 300, 400])
+def test_frames_per_video_follows_the_reference_extractor(num_frames):
+  frames = [f'frame {i}' for i in range(num_frames)]
+  fitted = prepare.fit_frame_count(frames, 300)
+  assert fitted == _reference_extractor(frames, 300)
+  assert len(fitted) == 300
+
+
+def test_prepare_pads_and_trims_to_300_frames(tmp_path):
+  from frame_folders import prepare_argv, write_frame_folders
+  videos = write_frame_folders(str(tmp_path / 'videos'), [10, 300, 400])
+  prepare.main(prepare_argv(str(tmp_path / 'videos'), str(tmp_path / 'records'))
+               + ['--frames_per_video=300'])
+  index = records.read_index(str(tmp_path / 'records'), 'train')
+  rows = _read_records([shard['path'] for shard in index['shards']])
+  assert index['num_frames'] == 900
+  for row in rows:
+    assert row['num_frames'] == 300
+    source = videos[row['video_index']]
+    assert [frame.bytes_list.value[0] for frame in row['jpegs']] == _reference_extractor(source, 300)
+  with pytest.raises(SystemExit, match='--min_frames of at least 2'):
+    prepare.main(prepare_argv(str(tmp_path / 'videos'), str(tmp_path / 'other'))
+                 + ['--frames_per_video=300', '--min_frames=1'])
