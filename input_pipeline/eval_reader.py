@@ -8,9 +8,6 @@ masked out like padding, counted and named (input_pipeline/damage.py).
 
 from __future__ import annotations
 
-from typing import Iterator
-
-import numpy as np
 import tensorflow as tf
 
 from input_pipeline import damage

@@ -21,9 +21,8 @@ reads, without decoding, at most the records of one group before the first examp
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator
+from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 
 from input_pipeline import damage

@@ -11,11 +11,9 @@ The stream is the same deterministic, resumable, per-host stream as pretraining.
 
 from __future__ import annotations
 
-from typing import Iterator
-
-import numpy as np
 import tensorflow as tf
 
+from input_pipeline import damage
 from input_pipeline import frame_decoding
 from input_pipeline import record_stream
 from input_pipeline import records
@@ -47,7 +45,7 @@ def make_tsn_train_iterator(records_dir: str, split: str, *, batch_size: int,
                             start_step: int = 0, process_index: int | None = None,
                             process_count: int | None = None,
                             options: record_stream.ReaderOptions = record_stream.ReaderOptions()
-                            ) -> Iterator[dict[str, np.ndarray]]:
+                            ) -> damage.SkippingBatches:
   """Endless per-host batches: 'frames' (b, num_segments, H, W, 3) uint8 on the frame_size
   canvas, 'label' (b,) int32, 'video_index' (b,) int32. Arguments as
   train_reader.make_train_iterator; damaged records are skipped as there (damage.py).
