@@ -10,7 +10,7 @@ record_stream.skip_damaged); ``SkippingBatches`` then, on the host, in batch ord
   batch, so every batch keeps its size and every later batch stays where it was (a resumed run
   starts at step x batch size in the stream, damaged or not). The same damage therefore skips
   the same examples on a rerun and on a resume;
-- evaluation batches: masks the row out instead (mask False, label and video_index -1);
+- evaluation batches: leaves the row as the reader made it, masked out like padding;
 - stops with ``DamagedDataError`` listing the damaged shards once the distinct damaged videos of
   this host exceed ``max_skipped_fraction`` of the split's videos.
 
@@ -40,7 +40,6 @@ REASONS = {
     UNDECODABLE: 'a frame is not a decodable JPEG',
 }
 TRACE_KEYS = ('status', 'shard', 'record')  # per-example fields the readers add for this module
-PADDING_INDEX = -1  # label and video_index of masked-out evaluation rows
 
 
 class DamagedDataError(RuntimeError):
@@ -56,7 +55,8 @@ class SkippingBatches:
     split_videos: videos of the whole split (the limit is a fraction of them).
     max_skipped_fraction: more distinct damaged videos on this host than this fraction of
       ``split_videos`` stops the run.
-    fill: True for training (replace the row), False for evaluation (mask it out).
+    fill: True for training (replace the row), False for evaluation (the reader's placeholder
+      row is already masked out).
   """
 
   def __init__(self, batches: Iterator[dict[str, np.ndarray]], shard_paths: Sequence[str], *,
@@ -86,8 +86,7 @@ class SkippingBatches:
     self.skipped_examples += len(bad)
     if len(self.damaged) > self._max_damaged:
       raise DamagedDataError(self._too_many())
-    batch = {name: np.array(value) for name, value in batch.items()}  # writable copies
-    return self._filled(batch, status) if self._fill else self._masked(batch, bad)
+    return self._filled(batch, status) if self._fill else batch
 
   def _note(self, shard: int, record: int, status: int) -> None:
     if (shard, record) in self.damaged:
@@ -101,16 +100,11 @@ class SkippingBatches:
     if not len(good):
       raise DamagedDataError('Every example of a batch is damaged. ' + self._too_many())
     sources = good[np.arange(len(bad)) % len(good)]
-    for value in batch.values():
-      value[bad] = value[sources]
-    return batch
-
-  @staticmethod
-  def _masked(batch: dict[str, np.ndarray], bad: np.ndarray) -> dict[str, np.ndarray]:
-    batch['mask'][bad] = False
-    batch['label'][bad] = PADDING_INDEX
-    batch['video_index'][bad] = PADDING_INDEX
-    return batch
+    filled = {}
+    for name, value in batch.items():
+      filled[name] = np.array(value)  # the reader's arrays are read-only
+      filled[name][bad] = value[sources]
+    return filled
 
   def damaged_shards(self) -> dict[str, int]:
     """Damaged videos met so far per shard path, in shard order."""

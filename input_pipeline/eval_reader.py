@@ -15,7 +15,7 @@ from input_pipeline import frame_decoding
 from input_pipeline import record_stream
 from input_pipeline import records
 
-PADDING_INDEX = damage.PADDING_INDEX  # label and video_index of padding examples.
+PADDING_INDEX = -1  # label and video_index of padding and damaged examples.
 
 
 def uniform_frame_indices(num_frames, count: int):
@@ -70,7 +70,7 @@ def make_eval_iterator(records_dir: str, split: str, *, batch_size: int, num_fra
                                  process_count=process_count)
   host_videos = sum(shard['num_videos'] for shard in shards)
 
-  def placeholder():
+  def placeholder():  # padding, and what a damaged video becomes (damage.SkippingBatches)
     return {
         'frames': tf.zeros([num_frames, crop_size, crop_size, 3], tf.uint8),
         'label': tf.constant(PADDING_INDEX),
