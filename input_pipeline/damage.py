@@ -98,7 +98,8 @@ class SkippingBatches:
   def _filled(self, batch: dict[str, np.ndarray], status: np.ndarray) -> dict[str, np.ndarray]:
     good, bad = np.flatnonzero(status == OK), np.flatnonzero(status != OK)
     if not len(good):
-      raise DamagedDataError('Every example of a batch is damaged. ' + self._too_many())
+      raise DamagedDataError(f'Every example of a batch is damaged ({len(self.damaged)} damaged '
+                             'videos so far). ' + self._repair_advice())
     sources = good[np.arange(len(bad)) % len(good)]
     filled = {}
     for name, value in batch.items():
@@ -112,12 +113,15 @@ class SkippingBatches:
     return {self._shard_paths[shard]: count for shard, count in sorted(per_shard.items())}
 
   def _too_many(self) -> str:
+    return (f'{len(self.damaged)} damaged videos on this host, more than '
+            f'config.data.max_skipped_fraction={self._max_skipped_fraction} of the split allows '
+            f'({self._max_damaged:g}). ' + self._repair_advice())
+
+  def _repair_advice(self) -> str:
     listing = '; '.join(f'{path}: {count} damaged'
                         for path, count in self.damaged_shards().items())
     records_dir = os.path.dirname(os.path.dirname(self._shard_paths[0]))
-    return (f'{len(self.damaged)} damaged videos on this host, more than '
-            f'config.data.max_skipped_fraction={self._max_skipped_fraction} of the split allows '
-            f'({self._max_damaged:g}). Damaged shards: {listing}. Check them with `python -m '
-            f'input_pipeline.verify --records={records_dir}`, delete the damaged ones and rerun '
-            'the same `python -m input_pipeline.prepare` command to write them again, or raise '
+    return (f'Damaged shards: {listing}. Check them with `python -m input_pipeline.verify '
+            f'--records={records_dir}`, delete the damaged ones and rerun the same `python -m '
+            'input_pipeline.prepare` command to write them again, or raise '
             'config.data.max_skipped_fraction.')
