@@ -110,6 +110,24 @@ def count_records(shard_path: str) -> int:
   return count
 
 
+def shard_mismatch(shard_path: str, expected: dict) -> str | None:
+  """Why a shard file differs from what preparation recorded (``expected``: its summary or
+  index.json entry, with ``num_bytes`` and ``num_videos``), or None if size and record count
+  match."""
+  import tensorflow as tf
+  if 'num_bytes' not in expected:
+    return 'prepared by an older version: no recorded size, no frame checksums'
+  if not tf.io.gfile.exists(shard_path):
+    return 'the file is missing'
+  size = tf.io.gfile.stat(shard_path).length
+  if size != expected['num_bytes']:
+    return f'{size} bytes, its summary says {expected["num_bytes"]}'
+  count = count_records(shard_path)
+  if count != expected['num_videos']:
+    return f'{count} readable records, its summary says {expected["num_videos"]}'
+  return None
+
+
 def index_of_shard(shard_path: str) -> ShardIndexBuilder:
   """The frame index of an existing shard, by reading it once (CRCs checked: a damaged shard
   raises ValueError naming the file instead of getting an index of its damage)."""

@@ -193,25 +193,12 @@ def prepare_split(listing: sources.Listing, *, out_dir: str, split: str,
   return _write_index(split_dir, tasks, listing, split, settings)
 
 
-def shard_mismatch(record_path: str, summary: dict) -> str | None:
-  """Why the shard file does not match its summary (size, record count), or None if it does."""
-  if not tf.io.gfile.exists(record_path):
-    return 'the file is missing'
-  size = tf.io.gfile.stat(record_path).length
-  if size != summary['num_bytes']:
-    return f'{size} bytes, its summary says {summary["num_bytes"]}'
-  count = frame_index.count_records(record_path)
-  if count != summary['num_videos']:
-    return f'{count} readable records, its summary says {summary["num_videos"]}'
-  return None
-
-
 def is_finished(task: ShardTask) -> bool:
   """True if the shard's summary exists and the shard file still matches it; a shard that does
   not is reported and will be written again."""
   if not tf.io.gfile.exists(task.summary_path):
     return False
-  mismatch = shard_mismatch(task.record_path, records.read_json(task.summary_path))
+  mismatch = frame_index.shard_mismatch(task.record_path, records.read_json(task.summary_path))
   if mismatch:
     print(f'{task.record_path} does not match its summary ({mismatch}): writing it again.')
   return mismatch is None

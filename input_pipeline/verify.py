@@ -48,18 +48,10 @@ class ShardReport:
 
 def quick_problems(shard: dict) -> list[str]:
   """Size, record count and frame index presence of one shard (an index.json entry)."""
-  path = shard['path']
-  if not tf.io.gfile.exists(path):
-    return ['the shard file is missing']
-  problems = []
-  size = tf.io.gfile.stat(path).length
-  if 'num_bytes' in shard and size != shard['num_bytes']:  # recorded since verification exists
-    problems.append(f'{size} bytes, prepared with {shard["num_bytes"]}')
-  count = frame_index.count_records(path)
-  if count != shard['num_videos']:
-    problems.append(f'{count} readable records, prepared with {shard["num_videos"]}')
-  if not tf.io.gfile.exists(frame_index.index_path(path)):
-    problems.append(f'frame index {frame_index.index_path(path)} is missing')
+  mismatch = frame_index.shard_mismatch(shard['path'], shard)
+  problems = [mismatch] if mismatch else []
+  if not tf.io.gfile.exists(frame_index.index_path(shard['path'])):
+    problems.append(f'frame index {frame_index.index_path(shard["path"])} is missing')
   return problems
 
 
