@@ -156,4 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       log=logging.info, writer=writer,
       check_previous=nonfinite_guard(config.max_nonfinite_in_a_row),
       window_extras=lambda s: {'nonfinite_total': float(jax.device_get(s.nonfinite_total))})
+  if result.stopped_by is None and jax.process_index() == 0:
+    from vclr_jax import plots  # matplotlib and tensorboard, once at the end
+    logging.info('Training curves: %s', plots.write_curves(workdir))
   return result.last_metrics
