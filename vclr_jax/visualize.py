@@ -178,8 +178,8 @@ def load_source(path: str) -> Source:
     from vclr_jax.interop.torch_layout import infer_architecture
     weights = read_torch_weights(path)
     depth, width_multiplier = infer_architecture(weights.tensors)
-    shapes = jax.eval_shape(ResNet(depth, width_multiplier).init, jax.random.key(0),
-                            jnp.zeros((1, 32, 32, 3)), train=False)
+    shapes = jax.eval_shape(lambda rng: ResNet(depth, width_multiplier).init(
+        rng, jnp.zeros((1, 32, 32, 3)), train=False), jax.random.key(0))
     template = {kind: {'backbone': shapes[kind]} for kind in ('params', 'batch_stats')}
     variables, report = fill_variables(weights, template)
     if report.missing:
