@@ -26,7 +26,7 @@ ReLU(sum_c w_c A_c), bilinearly upsampled to the frame and divided by its maximu
 
 Writes OUT/frame_<k>.png, OUT/<source>_gradcam_<k>.png (the map, jet colours),
 OUT/<source>_overlay_<k>.png, and OUT/gradcam_grid.png (frames, then one row of overlays per
-source, each titled with its target value).
+source, titled with the target's value, the target named on the left).
 """
 
 from __future__ import annotations
@@ -293,7 +293,9 @@ def write_pictures(out_dir: str, frames: np.ndarray, results: list[tuple[Source,
     axes[0, k].set_title(f'frame {k}', fontsize=8)
     for row, (source, maps, targets) in enumerate(results, start=1):
       axes[row, k].imshow(overlay(frame, maps[k]))
-      axes[row, k].set_title(f'{source.name}\n{source.target_name} {targets[k]:.3g}', fontsize=7)
+      axes[row, k].set_title(f'{source.name}: {targets[k]:.3g}', fontsize=7)
+      if k == 0:
+        axes[row, k].set_ylabel(source.target_name, fontsize=7)
   for axis in axes.flat:
     axis.set_xticks([])
     axis.set_yticks([])
