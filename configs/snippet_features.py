@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.records_dir = 'data/activitynet_records'
   config.data.resize_short_side = 256
   config.snippets = ml_collections.ConfigDict()
-  config.snippets.splits = ('train', 'val')
+  config.snippets.splits = 'train,val'  # comma-separated: --config.snippets.splits=val
   config.snippets.stride = 16  # frames per snippet; one feature per snippet
   config.snippets.num_positions = 100  # 0: one row per snippet, no rescaling
   config.snippets.batch_size = 64  # frames per forward pass (over this host's devices)

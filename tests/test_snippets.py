@@ -39,7 +39,7 @@ def _config(records_dir, num_positions):
   config.data.records_dir = records_dir
   config.data.crop_size = CROP
   config.data.resize_short_side = 0  # crop the stored frames as they are: easy to reproduce
-  config.snippets.splits = ('test',)
+  config.snippets.splits = 'test'
   config.snippets.stride = STRIDE
   config.snippets.num_positions = num_positions
   config.snippets.batch_size = 8

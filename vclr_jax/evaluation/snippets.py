@@ -90,7 +90,7 @@ def run_snippet_features(config: ml_collections.ConfigDict, workdir: str, log=pr
   settings = dict(checkpoint=encoder.source, step=encoder.step, stride=snippets.stride,
                   num_positions=snippets.num_positions, crop_size=data.crop_size,
                   resize_short_side=data.resize_short_side, frame='centre of each snippet')
-  for split in snippets.splits:
+  for split in snippets.splits.split(','):
     out_dir = os.path.join(out_root, split)
     os.makedirs(out_dir, exist_ok=True)
     videos = {}
