@@ -20,3 +20,4 @@ for protocol in linear retrieval; do
       --eval=$protocol --config.data.records_dir="$DATA/synthetic_records"
 done
 echo "Results: $RUN/eval/results.md, retrieval picture: $RUN/eval/retrieval_test_step*.png"
+echo "Training curves: $RUN/curves.png"

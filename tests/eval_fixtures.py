@@ -20,3 +20,20 @@ def make_pretraining_run(workdir, config, steps=(1,)):
     checkpointing.save(manager, step, state.replace(params=scaled), force=True)
   manager.wait_until_finished()
   return str(workdir)
+
+
+def make_encoder_run(workdir, config, step=1):
+  """A run directory holding only what the evaluation tools read: config.json and, at
+  ``step``, the online network's {'params', 'batch_stats'} (no train state, so no optimizer or
+  queues to build: seconds instead of a minute)."""
+  import jax.numpy as jnp
+  import orbax.checkpoint as ocp
+  model = train_state.build_model(config.model)
+  size = config.data.image_size
+  variables = jax.jit(lambda rng: model.init(rng, jnp.zeros((1, 3, size, size, 3)),
+                                             train=False))(jax.random.key(config.seed))
+  checkpointing.write_run_config(str(workdir), config)
+  item = workdir / checkpointing.CHECKPOINT_DIR / str(step) / 'default'
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(item.absolute(), dict(variables))
+  return str(workdir)

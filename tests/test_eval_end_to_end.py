@@ -97,6 +97,7 @@ def test_tsn_finetune_beats_chance_and_resumes(records_dir, run_dir):
   metrics = finetune.run_finetune(_finetune_config(records_dir, 'straight', 40), run_dir,
                                   log=quiet)
   assert metrics['top1'] > 1 / NUM_CLASSES, metrics
+  assert os.path.exists(os.path.join(finetune.finetune_dir(run_dir, 'straight'), 'curves.png'))
   # 36 videos are too few for a from-scratch network to generalise far; on the videos it saw,
   # through the same test protocol, it must be clearly right. The finished run resumes at
   # its last step, so this only tests.

@@ -58,5 +58,6 @@ def test_main_learns_stops_on_sigterm_and_resumes(tmp_path):
   assert max(losses) == 60
   assert (workdir / 'config.json').exists()
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
+  assert (workdir / 'curves.png').exists()  # drawn once the run finished
   # The queues hold real keys from step 8 on; from then the loss must go down.
   assert losses[60] < losses[10] - 0.3, losses

@@ -6,6 +6,7 @@
   linear     linear probe on frozen features (configs/eval_*.py)
   retrieval  R@k of test queries against the train gallery, and the retrieval picture
   finetune   TSN fine-tuning of the backbone, then testing (configs/finetune_*.py)
+  snippet_features  per-video feature sequences for localization (configs/snippet_features.py)
 Results go to RUN/eval/results.json and RUN/eval/results.md; cached features to
 RUN/eval/features_<split>_step<N>.npz; fine-tuning runs to RUN/finetune/<name>/.
 Any config value can be overridden (--config.data.records_dir=/data/ucf101_records).
@@ -20,16 +21,18 @@ from ml_collections import config_flags
 from vclr_jax import quiet_logs
 from vclr_jax.evaluation import finetune
 from vclr_jax.evaluation import protocols
+from vclr_jax.evaluation import snippets
 
 # A config section each protocol needs: eval_*.py configs have the first three, finetune_*.py
 # the last, so a mixed-up --config gets a clear error instead of a missing-attribute one.
 REQUIRED_SECTION = {'features': 'features', 'linear': 'linear', 'retrieval': 'retrieval',
-                    'finetune': 'optim'}
+                    'finetune': 'optim', 'snippet_features': 'snippets'}
 PROTOCOLS = {
     'features': protocols.run_features,
     'linear': protocols.run_linear,
     'retrieval': protocols.run_retrieval,
     'finetune': finetune.run_finetune,
+    'snippet_features': snippets.run_snippet_features,
 }
 
 FLAGS = flags.FLAGS

@@ -161,4 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           'nonfinite_total': float(jax.device_get(s.nonfinite_total)),
           # this host's reader (input_pipeline/damage.py); in-memory data has none
           'skipped_examples': float(getattr(host_iterator, 'skipped_examples', 0))})
+  if result.stopped_by is None and jax.process_index() == 0:
+    from vclr_jax import plots  # matplotlib and tensorboard, once at the end
+    logging.info('Training curves: %s', plots.write_curves(workdir))
   return result.last_metrics

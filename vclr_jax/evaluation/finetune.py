@@ -233,6 +233,9 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
                                     f'{means["loss"]:.4f} | acc {means["accuracy"]:.2f}'))
   if result.stopped_by:
     return {}
+  if jax.process_index() == 0:
+    from vclr_jax import plots  # matplotlib and tensorboard, once at the end
+    log(f'Fine-tuning curves: {plots.write_curves(out_dir)}')
   state = result.state
   metrics = evaluate_tsn(model, state, config, mesh, log)
   table = results.record(workdir, dict(

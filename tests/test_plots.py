@@ -1,0 +1,47 @@
+"""Training curves: the event files read back (resumed runs included) and one panel per term."""
+
+import os
+
+from clu import metric_writers
+import numpy as np
+from PIL import Image
+
+from vclr_jax import plots
+
+PRETRAINING_TAGS = ['loss', 'loss_inter', 'loss_order', 'inter_acc', 'learning_rate',
+                    'steps_per_sec']
+
+
+def _write(workdir, steps, offset):
+  """Logs every PRETRAINING_TAGS term at ``steps`` (value = step + offset), as the loop does."""
+  writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
+  writer.write_hparams({'batch_size': 8})
+  for step in steps:
+    writer.write_scalars(step, {tag: step + offset for tag in PRETRAINING_TAGS})
+  writer.close()
+
+
+def test_read_scalars_keeps_the_last_value_of_a_repeated_step(tmp_path):
+  _write(tmp_path, [5, 10, 15], offset=0.0)
+  # A resumed run: a new event file that repeats step 15 (after a checkpoint at 10).
+  _write(tmp_path, [15, 20], offset=0.5)
+  curves = plots.read_scalars(str(tmp_path))
+  assert sorted(curves) == sorted(PRETRAINING_TAGS)  # hparams are not curves
+  steps, values = curves['loss_inter']
+  np.testing.assert_array_equal(steps, [5, 10, 15, 20])
+  np.testing.assert_allclose(values, [5, 10, 15.5, 20.5])
+
+
+def test_curves_have_one_panel_per_term_and_overlay_runs(tmp_path):
+  _write(tmp_path / 'a', [5, 10], offset=0.0)
+  _write(tmp_path / 'b', [5, 10, 15], offset=1.0)
+  path = plots.write_curves(str(tmp_path / 'a'))
+  assert path == str(tmp_path / 'a' / 'curves.png')
+  tags = plots.plot_runs({'seed 0': str(tmp_path / 'a'), 'seed 1': str(tmp_path / 'b')},
+                         str(tmp_path / 'both.png'))
+  assert tags == ['loss', 'loss_inter', 'loss_order', 'inter_acc', 'learning_rate',
+                  'steps_per_sec']
+  for png in (path, tmp_path / 'both.png'):
+    with Image.open(png) as image:
+      # Six panels: two rows of plots.PANEL_COLUMNS at 4 x 2.8 inches, 80 dpi.
+      assert image.size == (plots.PANEL_COLUMNS * 4 * 80, 2 * 2.8 * 80)
