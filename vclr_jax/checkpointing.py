@@ -80,6 +80,12 @@ def step_dirs(directory) -> dict[int, epath.Path]:
   return {int(child.name): child for child in directory.iterdir() if child.name.isdigit()}
 
 
+def directory_bytes(directory) -> int:
+  """The size of every file under ``directory``."""
+  return sum((root / name).stat().length
+             for root, _, files in epath.Path(directory).walk() for name in files)
+
+
 def _no_checkpoint(path: epath.Path) -> NoCheckpointError:
   return NoCheckpointError(
       f'{path} holds no checkpoint (no {CHECKPOINT_DIR}/<step>/ folder and no Orbax item).\n'
