@@ -123,7 +123,7 @@ def test_validate_config_lists_every_problem_at_once():
     config_checks.validate_config(config, num_devices=8, num_processes=1)
   problems = error.value.problems
   for key in ('model.key_bn', 'model.compute_dtype', 'queue_size=20', 'checkpoint.every_steps',
-              'records_dir=/no/such/records'):
+              'data.records_dir=/no/such/records'):
     assert sum(f'config.{key}' in p for p in problems) == 1, (key, problems)
   assert len(problems) == 5
   # Divisibility over devices and hosts: batch 8 on 3 devices and 3 hosts.

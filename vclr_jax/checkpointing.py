@@ -93,7 +93,7 @@ def _no_checkpoint(path: epath.Path) -> NoCheckpointError:
       'checkpoint.every_steps), or name a run or checkpoint directory that has one.')
 
 
-def _encoder_checkpoint_path(path, step: int | None) -> tuple[epath.Path, int | None]:
+def encoder_checkpoint_path(path, step: int | None) -> tuple[epath.Path, int | None]:
   """Resolves a run dir / checkpoints dir / step dir / plain Orbax dir to (item path, step)."""
   path = absolute(path)
   if not path.exists():
@@ -118,7 +118,7 @@ def load_encoder_variables(path: str, step: int | None = None) -> tuple[dict, in
   ``path`` is a run directory (latest step unless ``step``), one checkpoint step directory,
   or a StandardCheckpointer directory of {'params', 'batch_stats'}.
   """
-  item_path, found_step = _encoder_checkpoint_path(path, step)
+  item_path, found_step = encoder_checkpoint_path(path, step)
   restored = ocp.StandardCheckpointer().restore(item_path)
   if not isinstance(restored, dict) or 'params' not in restored:
     raise ValueError(f'{item_path} holds no "params": not a vclr_jax checkpoint.')

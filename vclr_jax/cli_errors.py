@@ -167,6 +167,11 @@ def guard(main: Callable, *args, **kwargs):
   """Calls ``main``; a user error or a full disk becomes a short message and an exit."""
   try:
     return main(*args, **kwargs)
+  except SystemExit as error:
+    # raise SystemExit('message'): the argparse entry points' own way to report a mistake.
+    if isinstance(error.code, str) and not _debug():
+      exit_with(error.code.removeprefix('error: ').splitlines(), EXIT_USER_ERROR)
+    raise
   except Exception as error:  # pylint: disable=broad-except
     if _debug():
       raise

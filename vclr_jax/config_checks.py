@@ -14,6 +14,7 @@ import jax
 import ml_collections
 from etils import epath
 
+from vclr_jax import checkpointing
 from vclr_jax import train_state as train_state_lib
 from vclr_jax import train_step as train_step_lib
 from vclr_jax.cli_errors import ConfigError
@@ -21,6 +22,7 @@ from vclr_jax.models.resnet import STAGE_BLOCKS
 from vclr_jax.models.vclr import ORDER_NORMS
 
 DATA_SOURCES = ('records', 'in_memory')
+PYTORCH_SUFFIXES = ('.pth', '.pt', '.tar', '.safetensors')  # init_from files read by interop
 
 # Sizes and counts that must be at least 1 (a 0 batch divides by zero, a 0 interval never logs).
 POSITIVE_INTEGERS = ('batch_size', 'queue_size', 'log_every_steps', 'max_nonfinite_in_a_row',
@@ -100,6 +102,11 @@ def _path_problems(config) -> list[str]:
   if config.init_from and not epath.Path(config.init_from).exists():
     problems.append(f'config.init_from={config.init_from} does not exist: give a run directory, '
                     "a checkpoint directory or a PyTorch file, or '' for random init.")
+  elif config.init_from and not config.init_from.endswith(PYTORCH_SUFFIXES):
+    try:
+      checkpointing.encoder_checkpoint_path(config.init_from, None)
+    except FileNotFoundError as error:
+      problems.append(f'config.init_from: {" ".join(str(error).split())}')
   return problems
 
 

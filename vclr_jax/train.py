@@ -17,7 +17,6 @@ from vclr_jax import train_step as train_step_lib
 from vclr_jax import training_loop
 from vclr_jax.in_memory_data import InMemoryVideos, make_videos
 
-PYTORCH_SUFFIXES = ('.pth', '.pt', '.tar', '.safetensors')
 IN_MEMORY_FRAMES = 16
 
 
@@ -64,7 +63,7 @@ def check_same_structure(loaded, template, source: str) -> None:
 def load_initial_weights(path: str, state: train_state_lib.TrainState) -> dict:
   """{'params', 'batch_stats'} for the online network from a run, Orbax or PyTorch checkpoint."""
   template = {'params': state.params, 'batch_stats': state.batch_stats}
-  if path.endswith(PYTORCH_SUFFIXES):
+  if path.endswith(config_checks.PYTORCH_SUFFIXES):
     from vclr_jax.interop import load_pytorch_variables
     variables = load_pytorch_variables(path, jax.device_get(template))
   else:

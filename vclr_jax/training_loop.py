@@ -23,6 +23,7 @@ import dataclasses
 import errno
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -96,8 +97,9 @@ def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: i
     window_extras: ``state -> {name: value}`` added to each logged window.
   """
   stop = StopRequested()
-  quiet = _DropDiskFullLogs()
+  quiet = _QuietAfterDiskFull()
   logging.get_absl_logger().addFilter(quiet)
+  previous_excepthook, sys.excepthook = sys.excepthook, quiet.excepthook(sys.excepthook)
   try:
     return _run(stop, step_fn=step_fn, state=state, batches=batches, manager=manager, mesh=mesh,
                 start_step=start_step, total_steps=total_steps, batch_size=batch_size,
@@ -111,14 +113,31 @@ def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: i
   finally:
     stop.restore()
     logging.get_absl_logger().removeFilter(quiet)
+    sys.excepthook = previous_excepthook
 
 
-class _DropDiskFullLogs(logging.logging.Filter):
-  """Orbax's writer threads log every ENOSPC with its traceback; DiskFullError says it once."""
+class _QuietAfterDiskFull(logging.logging.Filter):
+  """Drops Orbax's log of each ENOSPC (with its traceback) and, once one was seen, the
+  'Event loop is closed' tracebacks its dead save thread's pending writes print (through
+  sys.excepthook, one per write): the DiskFullError says it once."""
+
+  def __init__(self):
+    super().__init__()
+    self.seen = False
 
   def filter(self, record):
     error = record.exc_info[1] if record.exc_info else None
-    return not (cli_errors.is_disk_full(error) or os.strerror(errno.ENOSPC) in record.getMessage())
+    if cli_errors.is_disk_full(error) or os.strerror(errno.ENOSPC) in record.getMessage():
+      self.seen = True
+      return False
+    return True
+
+  def excepthook(self, previous):
+    def hook(kind, value, traceback):
+      if not (self.seen and isinstance(value, RuntimeError)
+              and 'Event loop is closed' in str(value)):
+        previous(kind, value, traceback)
+    return hook
 
 
 def _finish(manager, writer) -> None:
