@@ -71,3 +71,17 @@ def test_run_config_feature_cache_and_checkpoint_lookup_on_ram(ram_root):
   assert sorted(checkpointing.step_dirs(f'{workdir}/checkpoints')) == [7]
   with pytest.raises(NoCheckpointError, match=r'pick one of the steps \[7\]'):
     checkpointing.load_encoder_variables(workdir, step=9)
+
+
+def test_encoder_checkpoint_found_from_run_step_and_orbax_folders(tmp_path):
+  tree = {'params': {'w': np.arange(3.0)}, 'batch_stats': {'m': np.ones(2)}, 'step': np.int32(5)}
+  manager = checkpointing.make_manager(str(tmp_path / 'run'), tiny_config().checkpoint)
+  checkpointing.save(manager, 5, tree, force=True)
+  manager.wait_until_finished()
+  for path, step in ((tmp_path / 'run', None), (tmp_path / 'run', 5),
+                     (tmp_path / 'run' / 'checkpoints' / '5', None)):
+    variables, found = checkpointing.load_encoder_variables(str(path), step)
+    assert found == 5
+    np.testing.assert_array_equal(variables['params']['w'], tree['params']['w'])
+  with pytest.raises(NoCheckpointError, match='holds no checkpoint'):
+    checkpointing.load_encoder_variables(str(tmp_path))  # a folder without any

@@ -107,8 +107,9 @@ def encoder_checkpoint_path(path, step: int | None) -> tuple[epath.Path, int | N
                                 f'{directory}: pick one of the steps {sorted(steps)}.')
       item = steps[chosen] / ITEM_DIR
       return (item if item.is_dir() else steps[chosen]), chosen
-  if (path / ITEM_METADATA).exists():
-    return path, step
+  for item in (path / ITEM_DIR, path):  # one step folder, or a StandardCheckpointer folder
+    if (item / ITEM_METADATA).exists():
+      return item, step
   raise _no_checkpoint(path)
 
 
