@@ -99,7 +99,9 @@ def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: i
   stop = StopRequested()
   quiet = _QuietAfterDiskFull()
   logging.get_absl_logger().addFilter(quiet)
-  previous_excepthook, sys.excepthook = sys.excepthook, quiet.excepthook(sys.excepthook)
+  previous_hooks = sys.unraisablehook, sys.excepthook
+  sys.unraisablehook = quiet.unraisablehook(sys.unraisablehook)
+  sys.excepthook = quiet.excepthook(sys.excepthook)
   try:
     return _run(stop, step_fn=step_fn, state=state, batches=batches, manager=manager, mesh=mesh,
                 start_step=start_step, total_steps=total_steps, batch_size=batch_size,
@@ -113,31 +115,32 @@ def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: i
   finally:
     stop.restore()
     logging.get_absl_logger().removeFilter(quiet)
-    sys.excepthook = previous_excepthook
+    sys.unraisablehook, sys.excepthook = previous_hooks
 
 
 class _QuietAfterDiskFull(logging.logging.Filter):
-  """Drops Orbax's log of each ENOSPC (with its traceback) and, once one was seen, the
-  'Event loop is closed' tracebacks its dead save thread's pending writes print (through
-  sys.excepthook, one per write): the DiskFullError says it once."""
-
-  def __init__(self):
-    super().__init__()
-    self.seen = False
+  """Drops Orbax's log of each ENOSPC (with its traceback) and the 'Event loop is closed'
+  tracebacks that TensorStore's callbacks into a dead Orbax save loop report (through
+  PyErr_WriteUnraisable or PyErr_Print, one per pending write; ~150 after one ENOSPC). The
+  latter only follow a failed save, whose own error reaches the loop at the next save or
+  wait, so nothing is lost: DiskFullError, or the other error, says it once."""
 
   def filter(self, record):
     error = record.exc_info[1] if record.exc_info else None
-    if cli_errors.is_disk_full(error) or os.strerror(errno.ENOSPC) in record.getMessage():
-      self.seen = True
-      return False
-    return True
+    return not (cli_errors.is_disk_full(error)
+                or os.strerror(errno.ENOSPC) in record.getMessage())
+
+  @staticmethod
+  def _dead_save_loop(error) -> bool:
+    return isinstance(error, RuntimeError) and 'Event loop is closed' in str(error)
+
+  def unraisablehook(self, previous):
+    return lambda unraisable: (None if self._dead_save_loop(unraisable.exc_value)
+                               else previous(unraisable))
 
   def excepthook(self, previous):
-    def hook(kind, value, traceback):
-      if not (self.seen and isinstance(value, RuntimeError)
-              and 'Event loop is closed' in str(value)):
-        previous(kind, value, traceback)
-    return hook
+    return lambda kind, value, traceback: (None if self._dead_save_loop(value)
+                                           else previous(kind, value, traceback))
 
 
 def _finish(manager, writer) -> None:
