@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Mapping
 
-from absl import app, flags
+from absl import flags
 
 from vclr_jax.interop.exporting import FORMATS, export_encoder, export_metadata
 
