@@ -353,4 +353,5 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  from vclr_jax import cli_errors
+  cli_errors.guard(main, sys.argv[1:])

@@ -1,4 +1,5 @@
-"""End to end: python -m vclr_jax.main learns, stops cleanly on SIGTERM and resumes."""
+"""End to end: python -m vclr_jax.main learns, stops cleanly on SIGTERM, reports a full disk in
+one message, and resumes."""
 
 import os
 import re
@@ -22,14 +23,22 @@ TINY_FLAGS = [
 ]
 
 
-def launch(workdir):
+def launch(workdir, disk_full_from_step=None):
+  """The trainer; with ``disk_full_from_step`` every checkpoint from that step on hits ENOSPC."""
   env = dict(os.environ, XLA_FLAGS='', PYTHONUNBUFFERED='1')
-  return subprocess.Popen([sys.executable, '-m', 'vclr_jax.main', f'--workdir={workdir}', *TINY_FLAGS],
-                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+  env.pop('VCLR_DEBUG', None)
+  program = ['-m', 'vclr_jax.main'] if disk_full_from_step is None else [
+      os.path.join(REPO, 'tests', 'disk_full_run.py'), str(disk_full_from_step), 'vclr_jax.main']
+  return subprocess.Popen([sys.executable, *program, f'--workdir={workdir}', *TINY_FLAGS],
+                          cwd=REPO, env=dict(env, PYTHONPATH=REPO), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
 
 
-def test_main_learns_stops_on_sigterm_and_resumes(tmp_path):
+def step_folders(workdir):
+  return sorted(int(name) for name in os.listdir(workdir / 'checkpoints') if name.isdigit())
+
+
+def test_main_learns_stops_on_sigterm_survives_a_full_disk_and_resumes(tmp_path):
   workdir = tmp_path / 'run'
   first = launch(workdir)
   losses, output = {}, []
@@ -44,12 +53,23 @@ def test_main_learns_stops_on_sigterm_and_resumes(tmp_path):
   stopped_at = max(losses)
   assert 30 <= stopped_at < 60, ''.join(output[-30:])
   assert any('SIGTERM received' in line for line in output)
-  saved = sorted(int(name) for name in os.listdir(workdir / 'checkpoints') if name.isdigit())
+  saved = step_folders(workdir)
   assert saved[-1] >= stopped_at
   # Orbax's per-save INFO lines are filtered out of the log (vclr_jax/quiet_logs.py).
   assert not any(line.startswith('I') and 'checkpoint_manager.py' in line for line in output)
 
-  second = launch(workdir)
+  # The disk fills up: every later checkpoint fails. One message, exit 1, nothing lost.
+  full = launch(workdir, disk_full_from_step=saved[-1] + 1)
+  full_output, _ = full.communicate()
+  assert full.returncode == 1, full_output[-3000:]
+  assert 'Traceback' not in full_output, full_output[-3000:]
+  assert sum('No space left on device' in line for line in full_output.splitlines()) == 1
+  last_lines = full_output.strip().splitlines()[-3:]
+  assert f'Checkpoint {saved[-1]} ' in last_lines[1] and 'is intact' in last_lines[1]
+  assert last_lines[-1] == f'{workdir}: free space and rerun to resume.', last_lines
+  assert step_folders(workdir) == saved
+
+  second = launch(workdir)  # space freed
   output2, _ = second.communicate()
   assert second.returncode == 0, output2[-3000:]
   assert 'Resumed from' in output2 and f'at step {saved[-1]}' in output2

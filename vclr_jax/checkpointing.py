@@ -4,20 +4,32 @@ A run directory holds ``config.json`` (the resolved config) and ``checkpoints/<s
 written by an Orbax CheckpointManager. ``init_from`` may name a run directory, one of its
 step directories, or a directory written by ``ocp.StandardCheckpointer`` holding
 ``{'params', 'batch_stats'}`` (the PyTorch converter's output).
+
+Paths go through etils.epath, so a workdir may be any path Orbax accepts (``gs://...``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from vclr_jax.cli_errors import NoCheckpointError
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
+ITEM_METADATA = '_METADATA'  # Orbax's file in every saved item (StandardCheckpointer, manager)
+ITEM_DIR = 'default'  # the manager's item folder inside a step folder
+
+
+def absolute(path) -> epath.Path:
+  """``path`` as an absolute epath (Orbax requires one); a URL such as gs://... stays as it is."""
+  path = epath.Path(path)
+  return path if path.is_absolute() else path.resolve()
 
 
 def make_manager(workdir: str, checkpoint_config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -26,8 +38,7 @@ def make_manager(workdir: str, checkpoint_config: ml_collections.ConfigDict) -> 
       save_interval_steps=checkpoint_config.every_steps,
       enable_async_checkpointing=checkpoint_config.async_save,
       create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-                               options=options)
+  return ocp.CheckpointManager(absolute(workdir) / CHECKPOINT_DIR, options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = False) -> bool:
@@ -46,44 +57,60 @@ def restore_latest(manager: ocp.CheckpointManager, target):
   return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
-def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+def write_run_config(workdir, config: ml_collections.ConfigDict) -> None:
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+def load_run_config(workdir) -> ml_collections.ConfigDict:
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
     raise FileNotFoundError(f'{path} not found: {workdir} is not a vclr_jax run directory '
                             '(python -m vclr_jax.main writes config.json there).')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def _step_dirs(directory: str) -> dict[int, str]:
-  if not os.path.isdir(directory):
+def step_dirs(directory) -> dict[int, epath.Path]:
+  """{step: folder} of the finished checkpoints in ``directory`` (Orbax writes a step under a
+  temporary name and renames it when complete, so a half-written step is not listed)."""
+  directory = epath.Path(directory)
+  if not directory.is_dir():
     return {}
-  return {int(name): os.path.join(directory, name) for name in os.listdir(directory)
-          if name.isdigit()}
+  return {int(child.name): child for child in directory.iterdir() if child.name.isdigit()}
 
 
-def _encoder_checkpoint_path(path: str, step: int | None) -> tuple[str, int | None]:
+def directory_bytes(directory) -> int:
+  """The size of every file under ``directory``."""
+  return sum((root / name).stat().length
+             for root, _, files in epath.Path(directory).walk() for name in files)
+
+
+def _no_checkpoint(path: epath.Path) -> NoCheckpointError:
+  return NoCheckpointError(
+      f'{path} holds no checkpoint (no {CHECKPOINT_DIR}/<step>/ folder and no Orbax item).\n'
+      f'{path}: train it first (python -m vclr_jax.main --workdir={path}, which saves every '
+      'checkpoint.every_steps), or name a run or checkpoint directory that has one.')
+
+
+def encoder_checkpoint_path(path, step: int | None) -> tuple[epath.Path, int | None]:
   """Resolves a run dir / checkpoints dir / step dir / plain Orbax dir to (item path, step)."""
-  path = os.path.abspath(path)
-  for directory in (os.path.join(path, CHECKPOINT_DIR), path):
-    steps = _step_dirs(directory)
+  path = absolute(path)
+  if not path.exists():
+    raise FileNotFoundError(f'{path} does not exist.\n{path}: check the path.')
+  for directory in (path / CHECKPOINT_DIR, path):
+    steps = step_dirs(directory)
     if steps:
       chosen = max(steps) if step is None else step
       if chosen not in steps:
-        raise FileNotFoundError(f'No checkpoint for step {chosen} in {directory}; '
-                                f'available: {sorted(steps)}.')
-      step_dir = steps[chosen]
-      item = os.path.join(step_dir, 'default')
-      return (item if os.path.isdir(item) else step_dir), chosen
-  if os.path.isdir(path):
-    return path, step
-  raise FileNotFoundError(f'{path} is neither a run directory nor an Orbax checkpoint.')
+        raise NoCheckpointError(f'No checkpoint for step {chosen} in {directory}.\n'
+                                f'{directory}: pick one of the steps {sorted(steps)}.')
+      item = steps[chosen] / ITEM_DIR
+      return (item if item.is_dir() else steps[chosen]), chosen
+  for item in (path / ITEM_DIR, path):  # one step folder, or a StandardCheckpointer folder
+    if (item / ITEM_METADATA).exists():
+      return item, step
+  raise _no_checkpoint(path)
 
 
 def load_encoder_variables(path: str, step: int | None = None) -> tuple[dict, int | None]:
@@ -92,7 +119,7 @@ def load_encoder_variables(path: str, step: int | None = None) -> tuple[dict, in
   ``path`` is a run directory (latest step unless ``step``), one checkpoint step directory,
   or a StandardCheckpointer directory of {'params', 'batch_stats'}.
   """
-  item_path, found_step = _encoder_checkpoint_path(path, step)
+  item_path, found_step = encoder_checkpoint_path(path, step)
   restored = ocp.StandardCheckpointer().restore(item_path)
   if not isinstance(restored, dict) or 'params' not in restored:
     raise ValueError(f'{item_path} holds no "params": not a vclr_jax checkpoint.')

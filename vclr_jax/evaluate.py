@@ -18,6 +18,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vclr_jax import cli_errors
 from vclr_jax import quiet_logs
 from vclr_jax.evaluation import finetune
 from vclr_jax.evaluation import protocols
@@ -64,4 +65,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_errors.run(main)

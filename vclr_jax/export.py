@@ -10,10 +10,9 @@ See docs/interop.md.
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Mapping
 
-from absl import app, flags
+from absl import flags
 
 from vclr_jax.interop.exporting import FORMATS, export_encoder, export_metadata
 
@@ -50,7 +49,7 @@ def export_run(workdir: str, step: int | None, fmt: str, out: str, *, verify: bo
   config = checkpointing.load_run_config(workdir)
   metadata = export_metadata(depth=config.model.depth,
                              width_multiplier=config.model.width_multiplier, step=step,
-                             source=os.path.abspath(workdir))
+                             source=str(checkpointing.absolute(workdir)))
   return export_and_verify(variables, out, fmt, metadata, verify=verify, image_size=image_size)
 
 
@@ -73,5 +72,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from vclr_jax import cli_errors
   _define_flags()
-  app.run(main)
+  cli_errors.run(main)

@@ -11,6 +11,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vclr_jax import cli_errors
+from vclr_jax import config_checks
 from vclr_jax import quiet_logs
 from vclr_jax import train
 
@@ -36,10 +38,12 @@ def main(argv):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  # Before the first log line, so that a bad config prints nothing but its short error.
+  config_checks.validate_config(FLAGS.config, jax.device_count(), jax.process_count())
   logging.info('JAX %s on %d %s devices, process %d of %d.', jax.__version__, jax.device_count(),
                jax.default_backend(), jax.process_index(), jax.process_count())
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_errors.run(main)

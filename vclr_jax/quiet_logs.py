@@ -10,5 +10,7 @@ class _WarningsOnlyFromOrbax(logging.logging.Filter):
 
 
 def quiet_library_logs() -> None:
-  """Drops Orbax's INFO lines (warnings and errors still show)."""
+  """Drops Orbax's INFO lines and JAX's list of platforms it did not find (warnings and errors
+  still show)."""
   logging.get_absl_logger().addFilter(_WarningsOnlyFromOrbax())
+  logging.logging.getLogger('jax._src.xla_bridge').setLevel(logging.logging.WARNING)

@@ -10,13 +10,13 @@ import ml_collections
 import numpy as np
 
 from vclr_jax import checkpointing
+from vclr_jax import config_checks
 from vclr_jax import global_batches
 from vclr_jax import train_state as train_state_lib
 from vclr_jax import train_step as train_step_lib
 from vclr_jax import training_loop
 from vclr_jax.in_memory_data import InMemoryVideos, make_videos
 
-PYTORCH_SUFFIXES = ('.pth', '.pt', '.tar', '.safetensors')
 IN_MEMORY_FRAMES = 16
 
 
@@ -63,7 +63,7 @@ def check_same_structure(loaded, template, source: str) -> None:
 def load_initial_weights(path: str, state: train_state_lib.TrainState) -> dict:
   """{'params', 'batch_stats'} for the online network from a run, Orbax or PyTorch checkpoint."""
   template = {'params': state.params, 'batch_stats': state.batch_stats}
-  if path.endswith(PYTORCH_SUFFIXES):
+  if path.endswith(config_checks.PYTORCH_SUFFIXES):
     from vclr_jax.interop import load_pytorch_variables
     variables = load_pytorch_variables(path, jax.device_get(template))
   else:
@@ -119,11 +119,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from clu import metric_writers  # imports TensorFlow for its summary writer
 
   mesh = train_step_lib.make_mesh()
-  train_step_lib.check_divisibility(config, mesh.size)
+  config_checks.validate_config(config, mesh.size, jax.process_count())  # before any write
   train_step_lib.resolve_shuffle_bn(config, mesh.size)
-  if config.batch_size % jax.process_count():
-    raise ValueError(f'config.batch_size={config.batch_size} must divide over '
-                     f'{jax.process_count()} hosts.')
   num_videos = num_train_videos(config)
   steps_per_epoch = train_state_lib.steps_per_epoch(config, num_videos)
   total_steps = int(config.num_epochs * steps_per_epoch)

@@ -11,21 +11,30 @@ previous step's result, so they see the same value at the same step, save that s
 and return. The platform's preemption notice (Orbax's ``reached_preemption``, agreed by JAX's
 coordination service) stops the loop the same way. Reading the previous step's values keeps
 one step in flight.
+
+A full disk (ENOSPC from Orbax's or TensorBoard's writer threads) ends the run with one
+DiskFullError naming the workdir, the size of a checkpoint and the last intact one; the
+writers are shut down without printing their own copies of the error.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vclr_jax import checkpointing
+from vclr_jax import cli_errors
 
 
 class StopRequested:
@@ -88,45 +97,116 @@ def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: i
     window_extras: ``state -> {name: value}`` added to each logged window.
   """
   stop = StopRequested()
+  quiet = _QuietAfterDiskFull()
+  logging.get_absl_logger().addFilter(quiet)
+  previous_hooks = sys.unraisablehook, sys.excepthook
+  sys.unraisablehook = quiet.unraisablehook(sys.unraisablehook)
+  sys.excepthook = quiet.excepthook(sys.excepthook)
+  try:
+    return _run(stop, step_fn=step_fn, state=state, batches=batches, manager=manager, mesh=mesh,
+                start_step=start_step, total_steps=total_steps, batch_size=batch_size,
+                log_every_steps=log_every_steps, describe=describe, log=log, writer=writer,
+                check_previous=check_previous, window_extras=window_extras)
+  except Exception as error:  # pylint: disable=broad-except
+    if cli_errors.is_disk_full(error):
+      raise disk_full_error(manager, error) from error
+    _finish(manager, writer)  # saves in flight complete before the error ends the run
+    raise
+  finally:
+    stop.restore()
+    logging.get_absl_logger().removeFilter(quiet)
+    sys.unraisablehook, sys.excepthook = previous_hooks
+
+
+class _QuietAfterDiskFull(logging.logging.Filter):
+  """Drops Orbax's log of each ENOSPC (with its traceback) and the 'Event loop is closed'
+  tracebacks that TensorStore's callbacks into a dead Orbax save loop report (through
+  PyErr_WriteUnraisable or PyErr_Print, one per pending write; ~150 after one ENOSPC). The
+  latter only follow a failed save, whose own error reaches the loop at the next save or
+  wait, so nothing is lost: DiskFullError, or the other error, says it once."""
+
+  def filter(self, record):
+    error = record.exc_info[1] if record.exc_info else None
+    return not (cli_errors.is_disk_full(error)
+                or os.strerror(errno.ENOSPC) in record.getMessage())
+
+  @staticmethod
+  def _dead_save_loop(error) -> bool:
+    return isinstance(error, RuntimeError) and 'Event loop is closed' in str(error)
+
+  def unraisablehook(self, previous):
+    return lambda unraisable: (None if self._dead_save_loop(unraisable.exc_value)
+                               else previous(unraisable))
+
+  def excepthook(self, previous):
+    return lambda kind, value, traceback: (None if self._dead_save_loop(value)
+                                           else previous(kind, value, traceback))
+
+
+def _finish(manager, writer) -> None:
+  manager.wait_until_finished()
+  if writer is not None:
+    writer.flush()
+
+
+def disk_full_error(manager, error: BaseException) -> cli_errors.DiskFullError:
+  """What the full disk left behind. The writers are not closed: closing Orbax's manager
+  while its threads still fail prints a traceback per pending write; the entry point exits at
+  once instead (cli_errors.guard)."""
+  directory = checkpointing.absolute(manager.directory)
+  workdir = directory.parent
+  steps = checkpointing.step_dirs(directory)
+  if steps:
+    last = max(steps)
+    size = checkpointing.directory_bytes(steps[last])
+    kept = (f'Checkpoint {last} ({steps[last]}) is intact; a checkpoint needs '
+            f'{size / 2**20:.1f} MiB ({size} bytes).')
+  else:
+    kept = 'No checkpoint was completed; the run restarts from step 0.'
+  where = getattr(error, 'filename', None) or workdir
+  return cli_errors.DiskFullError(
+      f'No space left on device while writing {where}.\n{kept}\n'
+      f'{workdir}: free space and rerun to resume.')
+
+
+def _run(stop: StopRequested, *, step_fn, state, batches: Iterator, manager, mesh: Mesh,
+         start_step: int, total_steps: int, batch_size: int, log_every_steps: int,
+         describe: Callable[[int, dict[str, float]], str], log: Callable[[str], None],
+         writer, check_previous, window_extras) -> LoopResult:
   any_host = make_any_host(mesh)
   pending, last_metrics, previous, previous_stop = [], {}, None, None
   stopped_by = None
   window_start, window_steps = time.time(), 0
-  try:
-    for step in range(start_step + 1, total_steps + 1):
-      state, metrics = step_fn(state, next(batches))
-      stop_now = any_host(stop.signal is not None)
-      if check_previous is not None and previous is not None:
-        check_previous(previous)
-      previous = metrics
-      pending.append(metrics)
-      window_steps += 1
-      if step % log_every_steps == 0 or step == total_steps:
-        host = jax.device_get(pending)  # waits for the steps in flight, so the rate is true
-        means = {k: float(np.mean([float(m[k]) for m in host])) for k in host[0]}
-        if window_extras is not None:
-          means.update(window_extras(state))
-        steps_per_sec = window_steps / (time.time() - window_start)
-        means.update(steps_per_sec=steps_per_sec, videos_per_sec=steps_per_sec * batch_size)
-        if writer is not None:
-          writer.write_scalars(step, means)
-        log(f'{describe(step, means)} | '
-            f'{format_rate(steps_per_sec, batch_size, total_steps - step)}')
-        last_metrics, pending = means, []
-        window_start, window_steps = time.time(), 0
-      checkpointing.save(manager, step, state)
-      if previous_stop is not None and int(previous_stop):
-        stopped_by = stop.signal or 'a stop request from another host'
-      elif manager.reached_preemption(step):
-        stopped_by = 'preemption'
-      if stopped_by:
-        log(f'{stopped_by} received: every host saves step {step} and exits.')
-        break
-      previous_stop = stop_now
-    checkpointing.save(manager, int(jax.device_get(state.step)), state, force=True)
-  finally:
-    manager.wait_until_finished()
-    stop.restore()
-    if writer is not None:
-      writer.flush()
+  for step in range(start_step + 1, total_steps + 1):
+    state, metrics = step_fn(state, next(batches))
+    stop_now = any_host(stop.signal is not None)
+    if check_previous is not None and previous is not None:
+      check_previous(previous)
+    previous = metrics
+    pending.append(metrics)
+    window_steps += 1
+    if step % log_every_steps == 0 or step == total_steps:
+      host = jax.device_get(pending)  # waits for the steps in flight, so the rate is true
+      means = {k: float(np.mean([float(m[k]) for m in host])) for k in host[0]}
+      if window_extras is not None:
+        means.update(window_extras(state))
+      steps_per_sec = window_steps / (time.time() - window_start)
+      means.update(steps_per_sec=steps_per_sec, videos_per_sec=steps_per_sec * batch_size)
+      if writer is not None:
+        writer.write_scalars(step, means)
+      log(f'{describe(step, means)} | '
+          f'{format_rate(steps_per_sec, batch_size, total_steps - step)}')
+      last_metrics, pending = means, []
+      window_start, window_steps = time.time(), 0
+    checkpointing.save(manager, step, state)
+    if previous_stop is not None and int(previous_stop):
+      stopped_by = stop.signal or 'a stop request from another host'
+    elif manager.reached_preemption(step):
+      stopped_by = 'preemption'
+    if stopped_by:
+      log(f'{stopped_by} received: every host saves step {step} and exits.')
+      break
+    previous_stop = stop_now
+  checkpointing.save(manager, int(jax.device_get(state.step)), state, force=True)
+  _finish(manager, writer)
   return LoopResult(state=state, last_metrics=last_metrics, stopped_by=stopped_by)

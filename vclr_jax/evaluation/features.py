@@ -8,18 +8,20 @@ the whole split's features in video order. Padding examples (mask False) are dro
 
 Features are cached as ``RUN/eval/features_<split>_step<N>.npz`` together with the settings
 that produced them; a different checkpoint step is another file, and a file whose settings
-differ from the requested ones is recomputed.
+differ from the requested ones is recomputed. The cache path may be any path etils.epath
+opens (gs://... included).
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 from typing import Callable, Iterable
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec as P
 
@@ -101,26 +103,29 @@ def extract_features(model: VCLR, variables: dict, host_batches: Iterable[dict[s
   return {name: value[keep][order] for name, value in result.items()}
 
 
-def cache_path(workdir: str, split: str, tag: str) -> str:
+def cache_path(workdir, split: str, tag: str) -> epath.Path:
   """RUN/eval/features_<split>_<tag>.npz, the tag naming the encoder (see protocols.Encoder)."""
-  return os.path.join(workdir, 'eval', f'features_{split}_{tag}.npz')
+  return epath.Path(workdir) / 'eval' / f'features_{split}_{tag}.npz'
 
 
-def load_or_extract(path: str, settings: dict, extract: Callable[[], dict[str, np.ndarray]],
+def load_or_extract(path, settings: dict, extract: Callable[[], dict[str, np.ndarray]],
                     log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
   """The cached features at ``path`` if they were made with ``settings``; else extracts and saves."""
+  path = epath.Path(path)
   settings_json = json.dumps(settings, sort_keys=True)
-  if os.path.exists(path):
-    with np.load(path) as cached:
+  if path.exists():
+    with np.load(io.BytesIO(path.read_bytes())) as cached:
       if str(cached[SETTINGS_KEY]) == settings_json:
         log(f'Reusing cached features {path}.')
         return {name: cached[name] for name in cached.files if name != SETTINGS_KEY}
     log(f'Cached features {path} were made with other settings: recomputing.')
   result = extract()
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp_path = path + '.tmp.npz'  # np.savez keeps a name ending in .npz as it is
-    np.savez(tmp_path, **result, **{SETTINGS_KEY: np.array(settings_json)})
-    os.replace(tmp_path, path)  # never a half-written cache after a crash
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **result, **{SETTINGS_KEY: np.array(settings_json)})
+    tmp_path = path.parent / (path.name + '.tmp')
+    tmp_path.write_bytes(buffer.getvalue())
+    tmp_path.replace(path)  # never a half-written cache after a crash
     log(f'Saved features of {len(result["features"])} videos to {path}.')
   return result

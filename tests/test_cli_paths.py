@@ -1,0 +1,87 @@
+"""Paths anywhere (issue 10): a run's config.json, evaluation feature cache and checkpoint
+lookup on a non-local filesystem that needs no network.
+
+TensorFlow's in-memory filesystem (ram://) stands in for gs://: the fixture registers the
+scheme with etils.epath on its TensorFlow backend, the backend epath uses for gs:// whenever
+TensorFlow is installed. Orbax's array data cannot go there (its TensorStore spec uses the
+local 'file' driver for every scheme but gs://; docs/reliability.md), so the checkpoint itself
+is not written to ram://.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from etils import epath
+from etils.epath import backend, gpath, register
+
+from conftest import tiny_config
+from vclr_jax import checkpointing
+from vclr_jax.cli_errors import NoCheckpointError
+from vclr_jax.evaluation import features
+
+SCHEME = 'ram'
+
+
+@pytest.fixture
+def ram_root(monkeypatch):
+  prefix = f'{SCHEME}://'
+  monkeypatch.setattr(gpath, '_URI_PREFIXES', gpath._URI_PREFIXES + (prefix,))
+  monkeypatch.setattr(gpath, '_URI_SCHEMES', gpath._URI_SCHEMES | {SCHEME})
+  monkeypatch.setitem(gpath._URI_MAP_ROOT, prefix, f'/{SCHEME}/')
+  monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, SCHEME, backend.tf_backend)
+  monkeypatch.setitem(register._URI_PREFIXES_TO_CLS, prefix, gpath.PosixGPath)
+  root = epath.Path(f'{prefix}vclr_test')
+  assert str(root) == f'{prefix}vclr_test'
+  yield root
+  if root.exists():
+    root.rmtree()
+
+
+def test_run_config_feature_cache_and_checkpoint_lookup_on_ram(ram_root):
+  import tensorflow as tf
+  workdir = f'{ram_root}/run'
+  assert checkpointing.absolute(workdir) == epath.Path(workdir)  # a URL stays a URL
+  config = tiny_config()
+  checkpointing.write_run_config(workdir, config)
+  assert tf.io.gfile.exists(f'{workdir}/config.json')  # really on TensorFlow's filesystem
+  assert checkpointing.load_run_config(workdir).to_dict() == json.loads(
+      config.to_json_best_effort())
+
+  rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+  calls = []
+
+  def extract():
+    calls.append(1)
+    return {'features': rows, 'labels': np.array([0, 1, 0])}
+
+  path = features.cache_path(workdir, 'test', 'step5')
+  assert str(path) == f'{workdir}/eval/features_test_step5.npz'
+  first = features.load_or_extract(path, {'step': 5}, extract, log=lambda line: None)
+  again = features.load_or_extract(path, {'step': 5}, extract, log=lambda line: None)
+  assert len(calls) == 1 and tf.io.gfile.exists(str(path))
+  np.testing.assert_array_equal(again['features'], rows)
+  np.testing.assert_array_equal(again['labels'], first['labels'])
+  assert not tf.io.gfile.exists(f'{path}.tmp')
+
+  with pytest.raises(NoCheckpointError, match='holds no checkpoint'):
+    checkpointing.load_encoder_variables(workdir)
+  tf.io.gfile.makedirs(f'{workdir}/checkpoints/7')
+  tf.io.gfile.makedirs(f'{workdir}/checkpoints/9.orbax-checkpoint-tmp')  # unfinished: ignored
+  assert sorted(checkpointing.step_dirs(f'{workdir}/checkpoints')) == [7]
+  with pytest.raises(NoCheckpointError, match=r'pick one of the steps \[7\]'):
+    checkpointing.load_encoder_variables(workdir, step=9)
+
+
+def test_encoder_checkpoint_found_from_run_step_and_orbax_folders(tmp_path):
+  tree = {'params': {'w': np.arange(3.0)}, 'batch_stats': {'m': np.ones(2)}, 'step': np.int32(5)}
+  manager = checkpointing.make_manager(str(tmp_path / 'run'), tiny_config().checkpoint)
+  checkpointing.save(manager, 5, tree, force=True)
+  manager.wait_until_finished()
+  for path, step in ((tmp_path / 'run', None), (tmp_path / 'run', 5),
+                     (tmp_path / 'run' / 'checkpoints' / '5', None)):
+    variables, found = checkpointing.load_encoder_variables(str(path), step)
+    assert found == 5
+    np.testing.assert_array_equal(variables['params']['w'], tree['params']['w'])
+  with pytest.raises(NoCheckpointError, match='holds no checkpoint'):
+    checkpointing.load_encoder_variables(str(tmp_path))  # a folder without any

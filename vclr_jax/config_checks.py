@@ -1,0 +1,119 @@
+"""Every check of a pretraining config, run before anything is written to the workdir.
+
+``validate_config`` collects all problems of a config at once (choices, positive sizes,
+divisibility over devices and hosts, the queue size, paths that must exist) and raises one
+ConfigError listing them, so a user fixes a command line in one go instead of one error per
+rerun, and a failed start leaves no config.json, events file or checkpoints/ behind.
+The step's own checks (train_step.check_divisibility, train_state.check_queue_size) are
+reused, so the rules live in one place.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+from etils import epath
+
+from vclr_jax import checkpointing
+from vclr_jax import train_state as train_state_lib
+from vclr_jax import train_step as train_step_lib
+from vclr_jax.cli_errors import ConfigError
+from vclr_jax.models.resnet import STAGE_BLOCKS
+from vclr_jax.models.vclr import ORDER_NORMS
+
+DATA_SOURCES = ('records', 'in_memory')
+PYTORCH_SUFFIXES = ('.pth', '.pt', '.tar', '.safetensors')  # init_from files read by interop
+
+# Sizes and counts that must be at least 1 (a 0 batch divides by zero, a 0 interval never logs).
+POSITIVE_INTEGERS = ('batch_size', 'queue_size', 'log_every_steps', 'max_nonfinite_in_a_row',
+                     'data.image_size', 'model.embed_dim', 'checkpoint.every_steps',
+                     'checkpoint.keep')
+POSITIVE_NUMBERS = ('num_epochs', 'optim.base_lr', 'model.width_multiplier', 'loss.temperature')
+
+
+def choices() -> dict[str, tuple]:
+  """Config key -> allowed values, from the tables the code itself dispatches on."""
+  table = {f'model.{key}': tuple(allowed) for key, allowed in train_step_lib.BN_MODES.items()}
+  table.update({
+      'model.order_norm': tuple(ORDER_NORMS),
+      'model.compute_dtype': tuple(train_state_lib.COMPUTE_DTYPES),
+      'model.depth': tuple(STAGE_BLOCKS),
+      'data.source': DATA_SOURCES,
+  })
+  return table
+
+
+def _get(config: ml_collections.ConfigDict, key: str):
+  for part in key.split('.'):
+    config = config[part]
+  return config
+
+
+def _choice_problems(config) -> list[str]:
+  problems = []
+  for key, allowed in choices().items():
+    value = _get(config, key)
+    if value not in allowed:
+      problems.append(f'config.{key}={value!r} is not one of {allowed}: pick one of them.')
+  if config.model.compute_dtype == 'float64' and not jax.config.jax_enable_x64:
+    problems.append("config.model.compute_dtype='float64' needs 64-bit JAX: set "
+                    'JAX_ENABLE_X64=1 or use float32.')
+  return problems
+
+
+def _size_problems(config) -> list[str]:
+  problems = []
+  for key in POSITIVE_INTEGERS + POSITIVE_NUMBERS:
+    value = _get(config, key)
+    if not value > 0:
+      problems.append(f'config.{key}={value} must be positive: set it to a value above 0.')
+  if config.data.source == 'in_memory' and 0 < config.data.in_memory_videos < config.batch_size:
+    problems.append(f'config.data.in_memory_videos={config.data.in_memory_videos} must be at '
+                    f'least config.batch_size={config.batch_size}: raise it.')
+  if config.num_epochs <= config.optim.warmup_epochs:
+    problems.append(f'config.num_epochs={config.num_epochs} must exceed '
+                    f'config.optim.warmup_epochs={config.optim.warmup_epochs}: raise num_epochs '
+                    'or lower warmup_epochs.')
+  return problems
+
+
+def _layout_problems(config, num_devices: int, num_processes: int) -> list[str]:
+  """Divisibility over devices and hosts, and the queue blocks (the step's own checks)."""
+  if not config.batch_size > 0:
+    return []  # already reported; every rule below divides by it
+  problems = []
+  if config.batch_size % num_processes:
+    problems.append(f'config.batch_size={config.batch_size} must divide over the '
+                    f'{num_processes} hosts: use a multiple of {num_processes}.')
+  for check in (lambda: train_step_lib.check_divisibility(config, num_devices),
+                lambda: train_state_lib.check_queue_size(config)):
+    try:
+      check()
+    except ValueError as error:
+      problems.append(str(error))
+  return problems
+
+
+def _path_problems(config) -> list[str]:
+  problems = []
+  if config.data.source == 'records' and not epath.Path(config.data.records_dir).exists():
+    problems.append(f'config.data.records_dir={config.data.records_dir} does not exist: prepare '
+                    'the records (python -m input_pipeline.prepare) or fix the path.')
+  if config.init_from and not epath.Path(config.init_from).exists():
+    problems.append(f'config.init_from={config.init_from} does not exist: give a run directory, '
+                    "a checkpoint directory or a PyTorch file, or '' for random init.")
+  elif config.init_from and not config.init_from.endswith(PYTORCH_SUFFIXES):
+    try:
+      checkpointing.encoder_checkpoint_path(config.init_from, None)
+    except FileNotFoundError as error:
+      problems.append(f'config.init_from: {" ".join(str(error).split())}')
+  return problems
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int,
+                    num_processes: int) -> None:
+  """Raises ConfigError listing every problem of a pretraining config; writes nothing."""
+  problems = _choice_problems(config) + _size_problems(config)
+  problems += _layout_problems(config, num_devices, num_processes) + _path_problems(config)
+  if problems:
+    raise ConfigError(problems)
