@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
 import ml_collections
@@ -18,11 +19,14 @@ import orbax.checkpoint as ocp
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
+MOVED_ASIDE_PREFIX = 'checkpoints_moved_aside_'
 
 
 def make_manager(workdir: str, checkpoint_config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=checkpoint_config.keep,
+      # Orbax never deletes a step that is a multiple of keep_period.
+      keep_period=checkpoint_config.get('keep_every_steps') or None,
       save_interval_steps=checkpoint_config.every_steps,
       enable_async_checkpointing=checkpoint_config.async_save,
       create=True)
@@ -44,6 +48,28 @@ def restore_latest(manager: ocp.CheckpointManager, target):
     return None
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def move_aside_after(workdir: str, step: int) -> tuple[str | None, list[int]]:
+  """Makes checkpoint ``step`` the latest: later ones move to a dated folder, never deleted.
+
+  Returns the folder (None when nothing was later) and the steps moved. Raises when
+  ``step`` is not a kept checkpoint of ``workdir``.
+  """
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  steps = _step_dirs(directory)
+  if step not in steps:
+    raise FileNotFoundError(
+        f'config.checkpoint.resume_step={step}: no such checkpoint in {directory}; kept steps: '
+        f'{sorted(steps)}. Pick one of them, or -1 for the latest.')
+  later = sorted(s for s in steps if s > step)
+  if not later:
+    return None, []
+  aside = os.path.join(workdir, MOVED_ASIDE_PREFIX + time.strftime('%Y%m%d_%H%M%S', time.gmtime()))
+  os.makedirs(aside)
+  for s in later:
+    os.rename(steps[s], os.path.join(aside, str(s)))
+  return aside, later
 
 
 def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
