@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.compute_dtype = 'float32'  # or 'bfloat16' (parameters stay float32)
   config.model.online_bn = 'per_device'  # or 'sync'
   config.model.key_bn = 'shuffle'  # or 'sync'
+  # Which frames share a BN batch (README, BatchNorm; docs/deviations.md): 'fused' (one 6B key
+  # pass, xq from the query tuple's pass) or 'reference' (the released code's four key passes
+  # and separate xq pass; +1/3 online compute).
+  config.model.bn_batching = 'fused'
   # Shuffle-BN (README, BatchNorm): key frames are exchanged among shuffle_bn_devices
   # neighbouring devices (0: the largest count up to 8 that divides a device's 6 x B key
   # frames) and normalised in shuffle_bn_groups_per_device groups per device (0: max(1,
@@ -64,9 +68,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.every_steps = 1000
   config.checkpoint.keep = 3
   config.checkpoint.async_save = True
+  # Steps that are multiples of this are never deleted (0: off), so a divergence that built
+  # up over many checkpoints can still be undone (about 0.65 GB each at ResNet-50).
+  config.checkpoint.keep_every_steps = 20000
+  # >= 0: resume from this kept checkpoint instead of the latest; later ones are moved aside
+  # to checkpoints_moved_aside_<UTC time>/ (README, Divergence). -1: the latest.
+  config.checkpoint.resume_step = -1
 
   config.log_every_steps = 50
   # A run directory, an Orbax checkpoint directory, or (interop) a PyTorch checkpoint.
   config.init_from = ''
+  config.require_init_from = False  # True: the run refuses to start without init_from
   config.max_nonfinite_in_a_row = 20
   return config

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-import numpy as np
 import tensorflow as tf
 
 from input_pipeline import frame_decoding

@@ -11,7 +11,6 @@ import pytest
 import torch
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from conftest import tiny_config
 from vclr_jax import augment
 from vclr_jax import train_step
 from vclr_jax.in_memory_data import InMemoryVideos, make_videos

@@ -1,6 +1,5 @@
 """Training curves: the event files read back (resumed runs included) and one panel per term."""
 
-import os
 
 from clu import metric_writers
 import numpy as np

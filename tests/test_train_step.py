@@ -12,8 +12,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import k400
+from configs import k400_reference
 from conftest import tiny_config
 from vclr_jax import augment
+from vclr_jax import config_checks
 from vclr_jax import train_state as ts
 from vclr_jax import train_step as tstep
 from vclr_jax.global_batches import to_global
@@ -162,6 +164,26 @@ def test_device_checks_name_the_config_key():
     tstep.check_divisibility(config, 1)
 
 
+def test_k400_reference_config_requires_an_existing_init_from(tmp_path):
+  config = k400_reference.get_config()
+  assert (config.model.bn_batching, config.model.order_norm, config.batch_size,
+          config.optim.base_lr, config.num_epochs) == ('reference', 'over_frames', 256, 0.1, 400)
+  config.data.records_dir = str(tmp_path)
+  with pytest.raises(ValueError, match='config.init_from is required'):
+    config_checks.validate_config(config, 8, 1)
+  config.init_from = str(tmp_path / 'missing.pth.tar')
+  with pytest.raises(ValueError, match='config.init_from=.*missing.pth.tar does not exist'):
+    config_checks.validate_config(config, 8, 1)
+  placeholder = tmp_path / 'moco_v2_200ep_pretrain.pth.tar'
+  placeholder.write_bytes(b'')
+  config.init_from = str(placeholder)
+  for num_devices in (1, 8):  # B frames per key pass: 256 in 8 groups, or 32 over 8 devices
+    config_checks.validate_config(config, num_devices, 1)
+  config.model.bn_batching = 'fuse'
+  with pytest.raises(ValueError, match='config.model.bn_batching must be one of'):
+    tstep.check_bn_config(config.model)
+
+
 def test_queues_receive_gathered_keys_at_their_positions_and_wrap():
   with jax.enable_x64(True):
     _check_queues_receive_gathered_keys()
@@ -283,3 +305,26 @@ def test_bfloat16_compute_keeps_float32_parameters():
   state, metrics = run_steps(config, 1, 1)
   assert np.isfinite(metrics['loss'])
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
+
+
+def test_learning_rate_after_skipped_steps_is_the_schedule_at_the_step():
+  # Plain SGD (no momentum, no decay): the update is -lr x gradient, so the applied rate is
+  # |update| / |gradient|. The first two steps are poisoned (NaN queue) and skipped.
+  config = tiny_config(**{'optim.momentum': 0.0, 'optim.weight_decay': 0.0})
+  state0 = jax.device_get(ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0)))
+  poisoned = state0.replace(queue_video=np.full_like(state0.queue_video, np.nan))
+  skipped, metrics = run_steps(config, 1, 2, state=poisoned)
+  assert int(skipped.step) == 2 and int(skipped.nonfinite_total) == 2
+  assert max_abs_diff(skipped.params, state0.params) == 0.0
+  state3, metrics = run_steps(config, 1, 1, state=skipped.replace(queue_video=state0.queue_video),
+                              start=2)
+  assert metrics['skipped_nonfinite'] == 0.0
+  change = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, state3.params, state0.params)
+  applied = float(np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(change))))
+  applied /= float(metrics['grad_norm'])
+  schedule = ts.learning_rate_schedule(config, NUM_VIDEOS)
+  # 2 steps per epoch, 1 warm-up epoch: step 2 is the peak, 100 x the rate of step 0.
+  expected = float(schedule(2))
+  assert expected > 50 * float(schedule(0))
+  np.testing.assert_allclose(applied, expected, rtol=1e-3)
+  np.testing.assert_allclose(metrics['learning_rate'], expected, rtol=1e-6)

@@ -11,6 +11,7 @@ Paths go through etils.epath, so a workdir may be any path Orbax accepts (``gs:/
 from __future__ import annotations
 
 import json
+import time
 
 import jax
 import ml_collections
@@ -22,6 +23,7 @@ from vclr_jax.cli_errors import NoCheckpointError
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
+MOVED_ASIDE_PREFIX = 'checkpoints_moved_aside_'
 ITEM_METADATA = '_METADATA'  # Orbax's file in every saved item (StandardCheckpointer, manager)
 ITEM_DIR = 'default'  # the manager's item folder inside a step folder
 
@@ -35,6 +37,8 @@ def absolute(path) -> epath.Path:
 def make_manager(workdir: str, checkpoint_config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=checkpoint_config.keep,
+      # Orbax never deletes a step that is a multiple of keep_period.
+      keep_period=checkpoint_config.get('keep_every_steps') or None,
       save_interval_steps=checkpoint_config.every_steps,
       enable_async_checkpointing=checkpoint_config.async_save,
       create=True)
@@ -55,6 +59,28 @@ def restore_latest(manager: ocp.CheckpointManager, target):
     return None
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def move_aside_after(workdir, step: int) -> tuple[epath.Path | None, list[int]]:
+  """Makes checkpoint ``step`` the latest: later ones move to a dated folder, never deleted.
+
+  Returns the folder (None when nothing was later) and the steps moved. Raises when
+  ``step`` is not a kept checkpoint of ``workdir``.
+  """
+  directory = epath.Path(workdir) / CHECKPOINT_DIR
+  steps = step_dirs(directory)
+  if step not in steps:
+    raise FileNotFoundError(
+        f'config.checkpoint.resume_step={step}: no such checkpoint in {directory}; kept steps: '
+        f'{sorted(steps)}. Pick one of them, or -1 for the latest.')
+  later = sorted(s for s in steps if s > step)
+  if not later:
+    return None, []
+  aside = epath.Path(workdir) / (MOVED_ASIDE_PREFIX + time.strftime('%Y%m%d_%H%M%S', time.gmtime()))
+  aside.mkdir(parents=True)
+  for s in later:
+    steps[s].rename(aside / str(s))
+  return aside, later
 
 
 def write_run_config(workdir, config: ml_collections.ConfigDict) -> None:

@@ -96,6 +96,10 @@ def _layout_problems(config, num_devices: int, num_processes: int) -> list[str]:
 
 def _path_problems(config) -> list[str]:
   problems = []
+  if config.require_init_from and not config.init_from:
+    problems.append('config.init_from is required by this config (the released run starts from '
+                    'MoCo v2 ImageNet weights): pass '
+                    '--config.init_from=/path/to/moco_v2_200ep_pretrain.pth.tar.')
   if config.data.source == 'records' and not epath.Path(config.data.records_dir).exists():
     problems.append(f'config.data.records_dir={config.data.records_dir} does not exist: prepare '
                     'the records (python -m input_pipeline.prepare) or fix the path.')

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+import shlex
+import sys
+from typing import Iterator, Sequence
 
 import jax
 import ml_collections
@@ -18,6 +20,9 @@ from vclr_jax import training_loop
 from vclr_jax.in_memory_data import InMemoryVideos, make_videos
 
 IN_MEMORY_FRAMES = 16
+# The stop message after a divergence proposes this fraction of the learning rate.
+LOWER_LR_FACTOR = 0.1
+RESUME_FLAGS = ('--config.checkpoint.resume_step', '--config.optim.base_lr')
 
 
 def num_train_videos(config: ml_collections.ConfigDict) -> int:
@@ -72,6 +77,19 @@ def load_initial_weights(path: str, state: train_state_lib.TrainState) -> dict:
   return variables
 
 
+def move_aside_later_checkpoints(workdir: str, step: int) -> None:
+  """Process 0 moves the checkpoints after ``step`` aside; every process waits for it."""
+  if jax.process_index() == 0:
+    aside, moved = checkpointing.move_aside_after(workdir, step)
+    if moved:
+      logging.warning('config.checkpoint.resume_step=%d: moved the later checkpoints %s to %s '
+                      '(not deleted). Drop the flag when restarting this run later.',
+                      step, moved, aside)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('move_aside_later_checkpoints')
+
+
 def initial_state(config, num_videos: int, mesh) -> train_state_lib.TrainState:
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   create = jax.jit(lambda rng: train_state_lib.create_train_state(config, num_videos, rng),
@@ -99,25 +117,74 @@ def describe_step(step: int, total: int, means: dict[str, float]) -> str:
   return line
 
 
-def nonfinite_guard(max_in_a_row: int):
-  """Raises once ``max_in_a_row`` steps in a row had a non-finite loss or gradient."""
+def resume_command(argv: Sequence[str], step: int, base_lr: float) -> str:
+  """The pretraining command ``argv`` (flags only) resuming from ``step`` at ``base_lr``."""
+  kept, skip_value = [], False
+  for arg in argv:
+    if skip_value:
+      skip_value = False
+    elif arg in RESUME_FLAGS:
+      skip_value = True  # the value follows as its own argument
+    elif not arg.startswith(tuple(flag + '=' for flag in RESUME_FLAGS)):
+      kept.append(arg)
+  return shlex.join(['python', '-m', 'vclr_jax.main', *kept,
+                     f'--config.checkpoint.resume_step={step}',
+                     f'--config.optim.base_lr={base_lr:g}'])
 
-  def check(metrics):
+
+def last_trusted_checkpoint(kept_steps: Sequence[int], first_skipped: int) -> int | None:
+  """The newest kept checkpoint from before the update that preceded the first skipped step.
+
+  Step k's checkpoint holds the state after k updates. Update ``first_skipped`` was not
+  applied, but update ``first_skipped - 1`` was, and a finite update can still blow the
+  weights up (with base_lr=1e30 it gives weights of ~1e26, and only the next step is NaN).
+  So checkpoint ``first_skipped - 1`` and every later one (they hold the same weights) are
+  not trusted; the newest one before them is.
+  """
+  trusted = [step for step in kept_steps if step <= first_skipped - 2]
+  return max(trusted) if trusted else None
+
+
+def divergence_message(*, in_a_row: int, last_step: int, max_in_a_row: int, workdir: str,
+                       kept_steps: Sequence[int], base_lr: float, argv: Sequence[str]) -> str:
+  first_skipped = last_step - in_a_row + 1
+  text = (f'Steps {first_skipped} to {last_step} ({in_a_row} in a row, '
+          f'config.max_nonfinite_in_a_row={max_in_a_row}) had a non-finite loss, gradient or '
+          'updated weights; none of them was applied. ')
+  step = last_trusted_checkpoint(kept_steps, first_skipped)
+  lower = base_lr * LOWER_LR_FACTOR
+  if step is None:
+    return text + (f'No kept checkpoint in {workdir} precedes step {first_skipped - 1} (kept: '
+                   f'{list(kept_steps)}); start again in a new --workdir with a lower '
+                   f'config.optim.base_lr (e.g. {lower:g}), or check the data.')
+  return text + (
+      f'The last checkpoint saved before the divergence is step {step} in '
+      f'{checkpointing.absolute(workdir) / checkpointing.CHECKPOINT_DIR}. Resume from it with a lower '
+      f'learning rate (later checkpoints are moved aside, not deleted):\n  '
+      + resume_command(argv, step, lower))
+
+
+def nonfinite_guard(max_in_a_row: int, describe_stop):
+  """Raises once ``max_in_a_row`` steps in a row were not finite; ``describe_stop(step,
+  in_a_row)`` gives the message."""
+
+  def check(step: int, metrics):
     in_a_row = int(metrics['nonfinite_in_a_row'])
     if in_a_row >= max_in_a_row:
-      raise FloatingPointError(
-          f'{in_a_row} steps in a row had a non-finite loss or gradient '
-          f'(config.max_nonfinite_in_a_row={max_in_a_row}); none of them was '
-          'applied. Lower config.optim.base_lr, try compute_dtype=float32, or check the data; '
-          'the last good state is in the latest checkpoint.')
+      raise FloatingPointError(describe_stop(step, in_a_row))
 
   return check
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (resuming from ``workdir`` if it holds a checkpoint); returns the last logged metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       argv: Sequence[str] | None = None) -> dict[str, float]:
+  """Trains (resuming from ``workdir`` if it holds a checkpoint); returns the last logged metrics.
+
+  ``argv`` (default: sys.argv[1:]) is the command line the divergence message repeats.
+  """
   from clu import metric_writers  # imports TensorFlow for its summary writer
 
+  argv = sys.argv[1:] if argv is None else argv
   mesh = train_step_lib.make_mesh()
   config_checks.validate_config(config, mesh.size, jax.process_count())  # before any write
   train_step_lib.resolve_shuffle_bn(config, mesh.size)
@@ -127,12 +194,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   learning_rate_fn = train_state_lib.learning_rate_schedule(config, num_videos)
   optimizer = train_state_lib.make_optimizer(config, num_videos)
 
+  resume_step = config.checkpoint.resume_step
+  if resume_step >= 0:
+    move_aside_later_checkpoints(workdir, resume_step)
   manager = checkpointing.make_manager(workdir, config.checkpoint)
   state = initial_state(config, num_videos, mesh)
   restored = checkpointing.restore_latest(manager, state)
   if restored is not None:
-    state = restored
+    # The in-a-row count starts again in every process, so a rerun with a changed config
+    # (a lower learning rate) gets max_nonfinite_in_a_row fresh tries.
+    state = restored.replace(
+        nonfinite_in_a_row=train_step_lib.replicate(np.zeros((), np.int32), mesh))
     logging.info('Resumed from %s at step %d.', manager.directory, int(state.step))
+  else:
+    # The initial state is a checkpoint too: a divergence in the first steps of a run, whose
+    # first saved step may already hold blown-up weights, can go back to it.
+    checkpointing.save(manager, 0, state, force=True)
   if jax.process_index() == 0:
     checkpointing.write_run_config(workdir, config)
   start_step = int(jax.device_get(state.step))
@@ -147,13 +224,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info('Training %s steps (%d per epoch, %d devices, %d hosts) from step %d in %s.',
                total_steps, steps_per_epoch, mesh.size, jax.process_count(), start_step, workdir)
 
+  def describe_stop(step: int, in_a_row: int) -> str:
+    manager.wait_until_finished()
+    return divergence_message(
+        in_a_row=in_a_row, last_step=step, max_in_a_row=config.max_nonfinite_in_a_row,
+        workdir=workdir, kept_steps=manager.all_steps(read=True), base_lr=config.optim.base_lr,
+        argv=argv)
+
   result = training_loop.run(
       step_fn=train_step, state=state, batches=batches, manager=manager, mesh=mesh,
       start_step=start_step, total_steps=total_steps, batch_size=config.batch_size,
       log_every_steps=config.log_every_steps,
       describe=lambda step, means: describe_step(step, total_steps, means),
       log=logging.info, writer=writer,
-      check_previous=nonfinite_guard(config.max_nonfinite_in_a_row),
+      check_previous=nonfinite_guard(config.max_nonfinite_in_a_row, describe_stop),
       window_extras=lambda s: {
           'nonfinite_total': float(jax.device_get(s.nonfinite_total)),
           # this host's reader (input_pipeline/damage.py); in-memory data has none

@@ -3,15 +3,24 @@
 Per device, one step
 0. cuts the seven augmented crops of every example from its six uint8 frames
    (vclr_jax/augment.py): the query tuple, the key tuple and x1, a second crop of the anchor;
-1. encodes [x1, x2, x3, key tuple] with the EMA key encoder (shuffle-BN or SyncBN), giving
-   the keys k1, k2, k3 (inter and intra heads), the video key and the key order embeddings;
-2. encodes the query tuple with the online encoder (per-device BN or SyncBN); the anchor
-   xq is one of the tuple's frames, so its features come from the same forward pass;
+1. encodes x1, x2, x3 and the key tuple with the EMA key encoder (shuffle-BN or SyncBN),
+   giving the keys k1, k2, k3 (inter and intra heads), the video key and the key order
+   embeddings;
+2. encodes the query tuple with the online encoder (per-device BN or SyncBN), and the
+   anchor xq, one of the tuple's frames;
 3. takes the gradient of the global-batch mean of inter + intra + video + order losses
-   (weighted by config.loss) and applies SGD;
+   (weighted by config.loss) and applies SGD at the schedule's rate for ``state.step``;
 4. moves the EMA encoder towards the new online weights and writes the gathered keys into
    the queues;
-5. keeps the old state (but the step and counters) when the loss or gradient is not finite.
+5. keeps the old state (but the step and counters) when the loss, the gradient, or any new
+   weight or BN statistic (online or EMA) is not finite.
+
+config.model.bn_batching decides which frames share a BatchNorm batch (docs/deviations.md):
+'fused' runs one key pass over all 6B frames of a device and takes xq's features from the
+query tuple's pass (xq is the same augmented image); 'reference' runs the released code's
+passes, each its own BN batch, in its order: key encoder x1 (B), x2 (B), x3 (B), key tuple
+(3B), each shuffled on its own; online encoder xq (B), then the query tuple (3B). The running
+statistics are updated once per pass, in that order, as torch's BatchNorm does.
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ from vclr_jax.models.resnet import accumulation_dtype
 from vclr_jax.train_state import TrainState, build_model
 
 DATA_AXIS = 'data'
-BN_MODES = {'online_bn': ('per_device', 'sync'), 'key_bn': ('shuffle', 'sync')}
+BN_MODES = {'online_bn': ('per_device', 'sync'), 'key_bn': ('shuffle', 'sync'),
+            'bn_batching': ('fused', 'reference')}
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -78,8 +88,16 @@ def shuffled_across_devices(apply_fn, frames, rng, neighbourhood: int):
   return jnp.zeros_like(back).at[perm].set(back), aux
 
 
+def key_pass_frames(config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """Frames per device in the key encoder's smallest BN batch: 6B fused, B (x1) reference."""
+  per_device = config.batch_size // num_devices
+  if config.model.bn_batching == 'reference':
+    return per_device
+  return batch_layout.NUM_FRAMES * per_device
+
+
 def default_shuffle_devices(key_frames_per_device: int, num_devices: int) -> int:
-  """The largest neighbourhood of at most 8 devices whose size divides a device's key frames."""
+  """The largest neighbourhood of at most 8 devices whose size divides a device's key pass."""
   return max(g for g in range(1, min(MAX_SHUFFLE_DEVICES, num_devices) + 1)
              if key_frames_per_device % g == 0)
 
@@ -149,28 +167,36 @@ def augmented_views(batch, key, image_size: int, config: augment.AugmentConfig, 
   return dict(views, query_frames=crops[:, :3], key_frames=crops[:, 3:6], x1=crops[:, 6])
 
 
-def _key_encoder_outputs(key_model, state, batch, rng, shuffle_devices: int):
+def _key_encoder_outputs(key_model, state, batch, rng, shuffle_devices: int, reference: bool):
   """EMA-encoder embeddings of x1, x2, x3 and the key tuple, and its updated BN statistics."""
   frames, anchor = batch['query_frames'], batch['anchor']
   other_a, other_b = _other_segments(anchor)
   b = anchor.shape[0]
   key_tuple = batch['key_frames']
-  inputs = jnp.concatenate([batch['x1'], _rows(frames, other_a), _rows(frames, other_b),
-                            key_tuple.reshape((3 * b,) + key_tuple.shape[2:])])
-  # Shuffled frames travel between devices in the compute dtype (bfloat16 halves the bytes);
-  # the encoder's first convolution would cast them to it anyway.
-  inputs = inputs.astype(key_model.dtype)
-  variables = {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}
+  passes = [batch['x1'], _rows(frames, other_a), _rows(frames, other_b),
+            key_tuple.reshape((3 * b,) + key_tuple.shape[2:])]
+  if not reference:
+    passes = [jnp.concatenate(passes)]
+  batch_stats = state.ema_batch_stats
+  feats = []
+  for index, inputs in enumerate(passes):
+    # Shuffled frames travel between devices in the compute dtype (bfloat16 halves the bytes);
+    # the encoder's first convolution would cast them to it anyway.
+    inputs = inputs.astype(key_model.dtype)
+    variables = {'params': state.ema_params, 'batch_stats': batch_stats}
 
-  def features(x):
-    feats, mutated = key_model.apply(variables, x, train=True, method='features',
+    def features(x, variables=variables):
+      out, mutated = key_model.apply(variables, x, train=True, method='features',
                                      mutable=['batch_stats'])
-    return feats, mutated['batch_stats']
+      return out, mutated['batch_stats']
 
-  if shuffle_devices:
-    feats, batch_stats = shuffled_across_devices(features, inputs, rng, shuffle_devices)
-  else:
-    feats, batch_stats = features(inputs)
+    if shuffle_devices:
+      out, batch_stats = shuffled_across_devices(features, inputs, jax.random.fold_in(rng, index),
+                                                 shuffle_devices)
+    else:
+      out, batch_stats = features(inputs)
+    feats.append(out)
+  feats = jnp.concatenate(feats)
 
   def heads(module, feats):
     frame = module.frame_embeddings(feats[:3 * b])
@@ -184,15 +210,20 @@ def _key_encoder_outputs(key_model, state, batch, rng, shuffle_devices: int):
   return jax.lax.stop_gradient(keys), batch_stats
 
 
-def _online_loss(params, online_model, state, batch, keys, queues, loss_config):
+def _online_loss(params, online_model, state, batch, keys, queues, loss_config, reference: bool):
   """Weighted sum of the four losses for the online encoder, with metrics and new BN stats."""
   frames, anchor = batch['query_frames'], batch['anchor']
   b = anchor.shape[0]
 
   def forward(module):
+    # Within one apply the second call of the backbone reads the running statistics the
+    # first call wrote, so 'reference' updates them after xq and again after the tuple.
+    anchor_feats = module.features(_rows(frames, anchor), train=True) if reference else None
     feats = module.features(frames.reshape((3 * b,) + frames.shape[2:]), train=True)
     tuple_features = feats.reshape(b, 3, -1)
-    frame = module.frame_embeddings(_rows(tuple_features, anchor))
+    if anchor_feats is None:
+      anchor_feats = _rows(tuple_features, anchor)
+    frame = module.frame_embeddings(anchor_feats)
     order = _in_shown_order(module.order_embeddings(tuple_features), batch['query_perm'])
     return dict(frame, video=module.video_embedding(tuple_features),
                 order_logits=module.order_logits(order, keys['order']))
@@ -236,6 +267,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, le
       config.model, bn_groups=shuffle_bn_groups(config, mesh.size) if shuffle else 1,
       bn_axis_name=None if shuffle else DATA_AXIS)
   momentum = config.ema_momentum
+  reference = config.model.bn_batching == 'reference'
   augment_config = augment.AugmentConfig.from_config(config.data.augment)
   augment_dtype = accumulation_dtype(online_model.dtype)
 
@@ -244,14 +276,18 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, le
         jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
     batch = augmented_views(batch, augment_rng, config.data.image_size, augment_config,
                             augment_dtype)
-    keys, ema_batch_stats = _key_encoder_outputs(key_model, state, batch, rng, shuffle_devices)
+    keys, ema_batch_stats = _key_encoder_outputs(key_model, state, batch, rng, shuffle_devices,
+                                                   reference)
     queues = (state.queue_inter, state.queue_video)
     grad_fn = jax.grad(_online_loss, has_aux=True)
     grads, (metrics, batch_stats) = grad_fn(state.params, online_model, state, batch, keys,
-                                            queues, config.loss)
+                                            queues, config.loss, reference)
     batch_stats, ema_batch_stats = jax.lax.pmean((batch_stats, ema_batch_stats), DATA_AXIS)
 
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    # The schedule runs on the optimiser's own step count, which a skipped step would leave
+    # behind state.step; set to state.step, the applied (and logged) rate is the schedule's there.
+    opt_state = optax.tree.set(state.opt_state, count=state.step)
+    updates, opt_state = optimizer.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = jax.tree.map(lambda k, q: momentum * k + (1 - momentum) * q,
                               state.ema_params, params)
@@ -261,7 +297,11 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, le
                                       [_gathered(keys['video'])])
 
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
+    # Finite loss and gradient can still overflow the weights (a huge learning rate);
+    # such weights would make every later step non-finite, so they are not kept either.
+    new_weights = (params, batch_stats, ema_params, ema_batch_stats)
+    finite = (jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
+              & jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(new_weights)])))
     updated = state.replace(
         params=params, batch_stats=batch_stats, ema_params=ema_params,
         ema_batch_stats=ema_batch_stats, opt_state=opt_state,
@@ -294,21 +334,22 @@ def check_divisibility(config: ml_collections.ConfigDict, num_devices: int) -> N
                      f'devices ({num_devices}).')
   if config.model.key_bn != 'shuffle':
     return
-  key_frames = batch_layout.NUM_FRAMES * (config.batch_size // num_devices)
+  key_frames = key_pass_frames(config, num_devices)
   devices = shuffle_bn_devices(config, num_devices)
   groups = shuffle_bn_groups(config, num_devices)
   if not 1 <= devices <= num_devices or key_frames % devices:
     raise ValueError(
         f'config.model.shuffle_bn_devices={devices} must be between 1 and the {num_devices} '
-        f'devices and divide the {key_frames} key frames of a device (6 x per-device batch); '
-        f'0 picks {default_shuffle_devices(key_frames, num_devices)}.')
+        f'devices and divide the {key_frames} frames of a device in a key BN batch (6 x the '
+        "per-device batch, or 1 x with config.model.bn_batching='reference'); 0 picks "
+        f'{default_shuffle_devices(key_frames, num_devices)}.')
   if devices == 1 and num_devices > 1:
     raise ValueError('config.model.shuffle_bn_devices=1 normalises every key with its own '
                      "query's batch: use 0 (automatic), 2 or more, or model.key_bn='sync'.")
   if key_frames % groups or key_frames // groups < 2:
     raise ValueError(
-        f'Shuffle-BN normalises the {key_frames} key frames of a device in {groups} groups '
-        f'(config.model.shuffle_bn_groups_per_device): the count must divide them and leave at '
+        f'Shuffle-BN normalises the {key_frames} frames of a device in a key BN batch in '
+        f'{groups} groups (config.model.shuffle_bn_groups_per_device): the count must divide them and leave at '
         'least 2 frames per group; choose another config.batch_size or group count.')
 
 
@@ -316,8 +357,7 @@ def shuffle_bn_devices(config: ml_collections.ConfigDict, num_devices: int) -> i
   """config.model.shuffle_bn_devices, where 0 means default_shuffle_devices."""
   if config.model.shuffle_bn_devices:
     return config.model.shuffle_bn_devices
-  return default_shuffle_devices(batch_layout.NUM_FRAMES * (config.batch_size // num_devices),
-                                 num_devices)
+  return default_shuffle_devices(key_pass_frames(config, num_devices), num_devices)
 
 
 def shuffle_bn_groups(config: ml_collections.ConfigDict, num_devices: int) -> int:

@@ -85,15 +85,15 @@ def format_rate(steps_per_sec: float, batch_size: int, remaining_steps: int) -> 
 def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: int,
         total_steps: int, batch_size: int, log_every_steps: int,
         describe: Callable[[int, dict[str, float]], str], log: Callable[[str], None],
-        writer=None, check_previous: Callable[[dict], None] | None = None,
+        writer=None, check_previous: Callable[[int, dict], None] | None = None,
         window_extras: Callable[[Any], dict[str, float]] | None = None) -> LoopResult:
   """Trains from ``start_step`` to ``total_steps``; returns the state, last logged means, stop.
 
   Args:
     step_fn: jitted ``(state, batch) -> (state, metrics)``; metrics are replicated scalars.
     describe: ``(step, window means) -> text`` of the log line, before the rate and ETA.
-    check_previous: called with the previous step's metrics (still on the device) every
-      step, e.g. to stop on non-finite steps; it raises to end the run.
+    check_previous: called with the previous step's number and metrics (still on the
+      device) every step, e.g. to stop on non-finite steps; it raises to end the run.
     window_extras: ``state -> {name: value}`` added to each logged window.
   """
   stop = StopRequested()
@@ -181,7 +181,7 @@ def _run(stop: StopRequested, *, step_fn, state, batches: Iterator, manager, mes
     state, metrics = step_fn(state, next(batches))
     stop_now = any_host(stop.signal is not None)
     if check_previous is not None and previous is not None:
-      check_previous(previous)
+      check_previous(step - 1, previous)
     previous = metrics
     pending.append(metrics)
     window_steps += 1
