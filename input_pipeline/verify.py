@@ -138,4 +138,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv[1:]))
+  from vclr_jax import cli_errors
+  sys.exit(cli_errors.guard(main, sys.argv[1:]))

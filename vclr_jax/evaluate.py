@@ -53,7 +53,8 @@ def main(argv):
   quiet_logs.quiet_library_logs()
   section = REQUIRED_SECTION[FLAGS.eval]
   if section not in FLAGS.config:
-    kind = 'configs/finetune_*.py' if FLAGS.eval == 'finetune' else 'configs/eval_*.py'
+    kind = {'finetune': 'configs/finetune_*.py',
+            'snippet_features': 'configs/snippet_features.py'}.get(FLAGS.eval, 'configs/eval_*.py')
     raise app.UsageError(f'--eval={FLAGS.eval} needs a config with config.{section}, as in '
                          f'{kind}; the --config given has none.')
   if FLAGS.distributed:
