@@ -50,7 +50,7 @@ from vclr_jax import augment
 from vclr_jax import checkpointing
 from vclr_jax.evaluation.finetune import TSN
 from vclr_jax.models.resnet import STAGE_BLOCKS, ResNet
-from vclr_jax.train import PYTORCH_SUFFIXES
+from vclr_jax.config_checks import PYTORCH_SUFFIXES
 
 DEFAULT_IMAGE_SIZE = 224
 GRID_FILENAME = 'gradcam_grid.png'
