@@ -127,9 +127,10 @@ def test_validate_config_lists_every_problem_at_once():
   assert any('3 hosts' in p for p in error.value.problems)
   assert any('number of devices (3)' in p for p in error.value.problems)
   config_checks.validate_config(tiny_config(), num_devices=8, num_processes=1)
-  # The enum table is the code's own: every BN mode the step knows is accepted.
+  # The enum table is the code's own: every BN mode the step knows is accepted (on one
+  # device: bn_batching='reference' shuffles B = 8 frames per key pass, too few over 8).
   for key, allowed in config_checks.choices().items():
     for value in allowed:
       if value != 'float64':  # needs JAX_ENABLE_X64, reported as a problem of its own
         config = tiny_config(**{key: value, 'data.records_dir': REPO})
-        config_checks.validate_config(config, 8, 1)
+        config_checks.validate_config(config, 1, 1)
