@@ -134,14 +134,14 @@ def test_two_processes_stop_together_resume_and_equal_one_process(records_dir, t
   stopped_at = int(stops[0][0])
   assert int(stops[1][0]) == stopped_at < total_steps
   assert 'SIGTERM received' in outputs[1] and 'another host' in outputs[0]
-  # Orbax saves the first step of a run whatever the interval; the stop adds only its step.
-  assert saved_steps(workdir) == [1, stopped_at]
+  # A fresh run saves its initial state (step 0); the stop adds only its step.
+  assert saved_steps(workdir) == [0, stopped_at]
 
   # Round 2: both resume from the one checkpoint and finish.
   outputs = wait_all(*launch_pair(workdir, records_dir, tmp_path, 'second'))
   for output in outputs:
     assert f'at step {stopped_at}' in output and 'Resumed from' in output, output[-3000:]
-  assert saved_steps(workdir) == [1, stopped_at, total_steps]
+  assert saved_steps(workdir) == [0, stopped_at, total_steps]
 
   with jax.enable_x64(True):
     config = config_for(records_dir)
