@@ -10,7 +10,6 @@ import pytest
 from configs import snippet_features
 from conftest import tiny_config
 from eval_fixtures import make_encoder_run
-from input_pipeline import frame_index
 from input_pipeline import records
 from input_pipeline import synthetic
 from vclr_jax import augment
@@ -58,7 +57,7 @@ def _test_videos(records_dir):
   import tensorflow as tf
   videos = {}
   for shard in records.read_index(records_dir, 'test')['shards']:
-    for serialized in frame_index.iterate_records(shard['path']):
+    for serialized in tf.data.TFRecordDataset(shard['path']).as_numpy_iterator():
       example = tf.train.SequenceExample.FromString(serialized)
       name = example.context.feature[records.FILENAME_KEY].bytes_list.value[0].decode()
       jpegs = example.feature_lists.feature_list[records.IMAGE_KEY].feature
