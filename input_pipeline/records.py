@@ -140,3 +140,18 @@ def write_json_atomically(path: str, payload: Any) -> None:
   with tf.io.gfile.GFile(tmp_path, 'w') as f:
     json.dump(payload, f, indent=1)
   tf.io.gfile.rename(tmp_path, path, overwrite=True)
+
+
+def video_jpegs(split_path: str, video_index: int) -> list[bytes]:
+  """The JPEG frames of the video numbered ``video_index`` in a prepared split folder."""
+  import tensorflow as tf  # as in serialize_video: only callers that read records pay for it
+  split_path = os.path.normpath(split_path)
+  index = read_index(os.path.dirname(split_path), os.path.basename(split_path))
+  for shard in index['shards']:
+    for serialized in tf.data.TFRecordDataset(shard['path']).as_numpy_iterator():
+      example = tf.train.SequenceExample.FromString(serialized)
+      if example.context.feature[VIDEO_INDEX_KEY].int64_list.value[0] == video_index:
+        return [f.bytes_list.value[0]
+                for f in example.feature_lists.feature_list[IMAGE_KEY].feature]
+  raise ValueError(f'{split_path} has no video with --video_index={video_index} (it holds '
+                   f'{index["num_videos"]} videos, indices 0 to {index["num_videos"] - 1}).')

@@ -1,5 +1,7 @@
 """Readers on the prepared synthetic set: layout, determinism, resuming, per-host sharding."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -141,3 +143,17 @@ def test_canvas_keeps_the_aspect_ratio_like_pil_fit(source_size):
   # PIL resizes the cropped region, we crop the resized frame: edges differ by a pixel.
   diff = np.abs(ours.astype(float) - reference)
   assert diff[4:-4, 4:-4].mean() < 3.0, diff.mean()
+
+
+def test_video_jpegs_finds_a_video_by_its_number(records_dir):
+  import tensorflow as tf
+  split = os.path.join(records_dir, 'train')
+  index = records.read_index(records_dir, 'train')
+  last = index['num_videos'] - 1
+  # Independently: the last record of the last shard is the split's last video.
+  serialized = list(tf.data.TFRecordDataset(index['shards'][-1]['path']).as_numpy_iterator())[-1]
+  expected = records.parse_video(serialized)
+  jpegs = records.video_jpegs(split, int(expected['video_index'].numpy()))
+  assert jpegs == [bytes(f) for f in expected['frames'].numpy()]
+  with pytest.raises(ValueError, match='--video_index=.*indices 0 to'):
+    records.video_jpegs(split, last + 1)

@@ -219,27 +219,11 @@ def evenly_spaced(num_frames: int, count: int) -> np.ndarray:
   return np.unique(np.round(np.linspace(0, num_frames - 1, count)).astype(int))
 
 
-def _record_jpegs(split_dir: str, video_index: int) -> list[bytes]:
-  """The JPEG frames of the video with ``video_index`` in a prepared split."""
-  import tensorflow as tf
-  from input_pipeline import frame_index
-  from input_pipeline import records
-  index = records.read_index(os.path.dirname(os.path.normpath(split_dir)),
-                             os.path.basename(os.path.normpath(split_dir)))
-  for shard in index['shards']:
-    for serialized in frame_index.iterate_records(shard['path']):
-      example = tf.train.SequenceExample.FromString(serialized)
-      if example.context.feature[records.VIDEO_INDEX_KEY].int64_list.value[0] == video_index:
-        return [f.bytes_list.value[0]
-                for f in example.feature_lists.feature_list[records.IMAGE_KEY].feature]
-  raise ValueError(f'{split_dir} has no video with --video_index={video_index} (it holds '
-                   f'{index["num_videos"]} videos, indices 0 to {index["num_videos"] - 1}).')
-
-
 def read_frames(video: str, video_index: int, count: int, short_side: int) -> np.ndarray:
   """(N, H, W, 3) uint8: ``count`` evenly spaced frames, short side resized to ``short_side``."""
   if os.path.isdir(video):
-    jpegs = _record_jpegs(video, video_index)
+    from input_pipeline import records  # TensorFlow only for prepared records
+    jpegs = records.video_jpegs(video, video_index)
   else:
     from input_pipeline import video_decoding
     try:
