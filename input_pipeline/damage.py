@@ -11,8 +11,11 @@ record_stream.skip_damaged); ``SkippingBatches`` then, on the host, in batch ord
   starts at step x batch size in the stream, damaged or not). The same damage therefore skips
   the same examples on a rerun and on a resume;
 - evaluation batches: leaves the row as the reader made it, masked out like padding;
-- stops with ``DamagedDataError`` listing the damaged shards once the distinct damaged videos of
-  this host exceed ``max_skipped_fraction`` of the split's videos.
+- once the distinct damaged videos of this host exceed ``max_skipped_fraction`` of the split's
+  videos: evaluation raises ``DamagedDataError`` listing the damaged shards; training sets
+  ``stop_error`` to that error and goes on, so that the training loop (vclr_jax/training_loop.py)
+  stops every host at the same saved step and this host then raises it. Raising here would
+  leave the other hosts of a pod waiting in the step's collectives.
 
 No TensorFlow here: the configs read the default below.
 """
@@ -70,6 +73,7 @@ class SkippingBatches:
     self._max_skipped_fraction = max_skipped_fraction
     self._fill = fill
     self.skipped_examples = 0
+    self.stop_error: DamagedDataError | None = None  # training: set once, past the limit
     self.damaged: dict[tuple[int, int], int] = {}  # (shard, record) -> status
 
   def __iter__(self):
@@ -84,8 +88,11 @@ class SkippingBatches:
     for row in bad:
       self._note(int(shards[row]), int(positions[row]), int(status[row]))
     self.skipped_examples += len(bad)
-    if len(self.damaged) > self._max_damaged:
-      raise DamagedDataError(self._too_many())
+    if len(self.damaged) > self._max_damaged and self.stop_error is None:
+      self.stop_error = DamagedDataError(self._too_many())
+      if not self._fill:
+        raise self.stop_error
+      logging.error('%s Every host stops at the next step and saves it.', self.stop_error)
     return self._filled(batch, status) if self._fill else batch
 
   def _note(self, shard: int, record: int, status: int) -> None:

@@ -1,9 +1,19 @@
 """Test set-up: 8 forced CPU devices (set before jax is imported) and a tiny VCLR config."""
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# Many tests (and the CLI runs they start as subprocesses, which inherit the environment)
+# compile the same tiny train step; a compilation cache shared by the session compiles it once.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache_dir = tempfile.mkdtemp(prefix='vclr_jax_test_compilations_')
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache_dir
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

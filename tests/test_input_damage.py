@@ -7,6 +7,7 @@ videos a damage reaches follows from byte offsets alone, computed here from the 
 
 import logging
 import os
+import re
 import shutil
 import struct
 
@@ -165,13 +166,26 @@ def _fake_batches(statuses):
 def test_too_much_damage_stops_and_lists_the_shards():
   paths = ['/data/train/shard-00000-of-00001.tfrecord']
   bad = damage.UNDECODABLE
-  iterator = damage.SkippingBatches(_fake_batches([[0, bad, 0, 0], [0, bad, bad, 0]]), paths,
-                                    split_videos=1000, max_skipped_fraction=0.001, fill=True)
-  np.testing.assert_array_equal(next(iterator)['frames'], [0, 0, 2, 3])  # 1 damaged: allowed
-  with pytest.raises(damage.DamagedDataError,
-                     match=r'2 damaged videos .*max_skipped_fraction=0.001.*'
-                     r'shard-00000-of-00001.tfrecord: 2 damaged'):
-    next(iterator)
+  statuses = [[0, bad, 0, 0], [0, bad, bad, 0], [bad, 0, 0, 0]]
+  too_many = (r'2 damaged videos .*max_skipped_fraction=0.001.*'
+              r'shard-00000-of-00001.tfrecord: 2 damaged')
+  # Evaluation raises at once.
+  evaluation = damage.SkippingBatches(_fake_batches(statuses), paths, split_videos=1000,
+                                      max_skipped_fraction=0.001, fill=False)
+  next(evaluation)  # 1 damaged: allowed
+  with pytest.raises(damage.DamagedDataError, match=too_many):
+    next(evaluation)
+  # Training keeps its batches coming and sets stop_error, which the training loop turns into
+  # a stop of every host at one saved step (tests/test_loop_stop.py).
+  training = damage.SkippingBatches(_fake_batches(statuses), paths, split_videos=1000,
+                                    max_skipped_fraction=0.001, fill=True)
+  np.testing.assert_array_equal(next(training)['frames'], [0, 0, 2, 3])
+  assert training.stop_error is None
+  np.testing.assert_array_equal(next(training)['frames'], [0, 0, 3, 3])
+  error = training.stop_error
+  assert isinstance(error, damage.DamagedDataError) and re.search(too_many, str(error))
+  np.testing.assert_array_equal(next(training)['frames'], [1, 1, 2, 3])
+  assert training.stop_error is error and training.skipped_examples == 4
   all_bad = damage.SkippingBatches(_fake_batches([[bad, bad]]), paths, split_videos=10,
                                    max_skipped_fraction=1.0, fill=True)
   with pytest.raises(damage.DamagedDataError, match='Every example of a batch is damaged'):

@@ -241,7 +241,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       window_extras=lambda s: {
           'nonfinite_total': float(jax.device_get(s.nonfinite_total)),
           # this host's reader (input_pipeline/damage.py); in-memory data has none
-          'skipped_examples': float(getattr(host_iterator, 'skipped_examples', 0))})
+          'skipped_examples': float(getattr(host_iterator, 'skipped_examples', 0))},
+      host_stop=lambda: getattr(host_iterator, 'stop_error', None))
   if result.stopped_by is None and jax.process_index() == 0:
     from vclr_jax import plots  # matplotlib and tensorboard, once at the end
     logging.info('Training curves: %s', plots.write_curves(workdir))

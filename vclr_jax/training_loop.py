@@ -9,8 +9,10 @@ A stop is the same on every host. SIGTERM/SIGINT only raise a flag on the host t
 them; each step also runs a tiny all-reduce of every host's flag, and all hosts read the
 previous step's result, so they see the same value at the same step, save that step together
 and return. The platform's preemption notice (Orbax's ``reached_preemption``, agreed by JAX's
-coordination service) stops the loop the same way. Reading the previous step's values keeps
-one step in flight.
+coordination service) stops the loop the same way. So does an error that this host's input
+wants to end the run with (``host_stop``: too many damaged records, input_pipeline/damage.py):
+every host saves the same step, then the host with the error raises it and the others raise
+StoppedByAnotherHost. Reading the previous step's values keeps one step in flight.
 
 A full disk (ENOSPC from Orbax's or TensorBoard's writer threads) ends the run with one
 DiskFullError naming the workdir, the size of a checkpoint and the last intact one; the
@@ -37,6 +39,14 @@ from vclr_jax import checkpointing
 from vclr_jax import cli_errors
 
 
+# What the per-step all-reduce carries from each host; the largest wins.
+_NO_STOP, _SIGNAL, _HOST_ERROR = 0, 1, 2
+
+
+class StoppedByAnotherHost(RuntimeError):
+  """Another host's input error (named in that host's log) stopped every host at a saved step."""
+
+
 class StopRequested:
   """Turns SIGTERM/SIGINT into a flag so the loop can save before exiting."""
 
@@ -55,14 +65,14 @@ class StopRequested:
       signal.signal(sig, handler)
 
 
-def make_any_host(mesh: Mesh, axis: str = 'data') -> Callable[[bool], jax.Array]:
-  """flag of this host -> a replicated scalar, True when any host's flag is set (async)."""
+def make_any_host(mesh: Mesh, axis: str = 'data') -> Callable[[int], jax.Array]:
+  """code of this host -> a replicated scalar, the largest code of all hosts (async)."""
   sharding = NamedSharding(mesh, P(axis))
   local_devices = len(mesh.local_devices)
   reduce = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, P()))
 
-  def any_host(flag: bool) -> jax.Array:
-    local = np.full((local_devices,), int(flag), np.int32)
+  def any_host(code: int) -> jax.Array:
+    local = np.full((local_devices,), code, np.int32)
     return reduce(jax.make_array_from_process_local_data(sharding, local))
 
   return any_host
@@ -72,7 +82,8 @@ def make_any_host(mesh: Mesh, axis: str = 'data') -> Callable[[bool], jax.Array]
 class LoopResult:
   state: Any
   last_metrics: dict[str, float]
-  stopped_by: str | None  # 'SIGTERM', 'SIGINT', 'preemption' or None (finished)
+  # 'SIGTERM', 'SIGINT', 'preemption', 'a stop request from another host' or None (finished)
+  stopped_by: str | None
 
 
 def format_rate(steps_per_sec: float, batch_size: int, remaining_steps: int) -> str:
@@ -86,7 +97,8 @@ def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: i
         total_steps: int, batch_size: int, log_every_steps: int,
         describe: Callable[[int, dict[str, float]], str], log: Callable[[str], None],
         writer=None, check_previous: Callable[[int, dict], None] | None = None,
-        window_extras: Callable[[Any], dict[str, float]] | None = None) -> LoopResult:
+        window_extras: Callable[[Any], dict[str, float]] | None = None,
+        host_stop: Callable[[], BaseException | None] | None = None) -> LoopResult:
   """Trains from ``start_step`` to ``total_steps``; returns the state, last logged means, stop.
 
   Args:
@@ -95,6 +107,9 @@ def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: i
     check_previous: called with the previous step's number and metrics (still on the
       device) every step, e.g. to stop on non-finite steps; it raises to end the run.
     window_extras: ``state -> {name: value}`` added to each logged window.
+    host_stop: ``() -> error or None``, polled every step: an error this host's input wants
+      to end the run with. Every host saves the same step, then this host raises the error
+      and the others StoppedByAnotherHost.
   """
   stop = StopRequested()
   quiet = _QuietAfterDiskFull()
@@ -106,7 +121,8 @@ def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: i
     return _run(stop, step_fn=step_fn, state=state, batches=batches, manager=manager, mesh=mesh,
                 start_step=start_step, total_steps=total_steps, batch_size=batch_size,
                 log_every_steps=log_every_steps, describe=describe, log=log, writer=writer,
-                check_previous=check_previous, window_extras=window_extras)
+                check_previous=check_previous, window_extras=window_extras,
+                host_stop=host_stop or (lambda: None))
   except Exception as error:  # pylint: disable=broad-except
     if cli_errors.is_disk_full(error):
       raise disk_full_error(manager, error) from error
@@ -172,14 +188,16 @@ def disk_full_error(manager, error: BaseException) -> cli_errors.DiskFullError:
 def _run(stop: StopRequested, *, step_fn, state, batches: Iterator, manager, mesh: Mesh,
          start_step: int, total_steps: int, batch_size: int, log_every_steps: int,
          describe: Callable[[int, dict[str, float]], str], log: Callable[[str], None],
-         writer, check_previous, window_extras) -> LoopResult:
+         writer, check_previous, window_extras, host_stop) -> LoopResult:
   any_host = make_any_host(mesh)
   pending, last_metrics, previous, previous_stop = [], {}, None, None
+  stop_code = _NO_STOP
   stopped_by = None
   window_start, window_steps = time.time(), 0
   for step in range(start_step + 1, total_steps + 1):
     state, metrics = step_fn(state, next(batches))
-    stop_now = any_host(stop.signal is not None)
+    stop_now = any_host(_HOST_ERROR if host_stop() is not None
+                        else _SIGNAL if stop.signal is not None else _NO_STOP)
     if check_previous is not None and previous is not None:
       check_previous(step - 1, previous)
     previous = metrics
@@ -199,7 +217,10 @@ def _run(stop: StopRequested, *, step_fn, state, batches: Iterator, manager, mes
       last_metrics, pending = means, []
       window_start, window_steps = time.time(), 0
     checkpointing.save(manager, step, state)
-    if previous_stop is not None and int(previous_stop):
+    stop_code = int(previous_stop) if previous_stop is not None else _NO_STOP
+    if stop_code == _HOST_ERROR:
+      stopped_by = 'an input error' if host_stop() is not None else 'another host\'s input error'
+    elif stop_code == _SIGNAL:
       stopped_by = stop.signal or 'a stop request from another host'
     elif manager.reached_preemption(step):
       stopped_by = 'preemption'
@@ -209,4 +230,11 @@ def _run(stop: StopRequested, *, step_fn, state, batches: Iterator, manager, mes
     previous_stop = stop_now
   checkpointing.save(manager, int(jax.device_get(state.step)), state, force=True)
   _finish(manager, writer)
+  if stop_code == _HOST_ERROR:
+    saved = f'Step {step} of {manager.directory} is saved; a rerun resumes from it.'
+    error = host_stop()
+    if error is not None:
+      raise type(error)(f'{error} {saved}') from error
+    raise StoppedByAnotherHost(f'Another host stopped the run because of an input error (its '
+                               f'log names it). {saved}')
   return LoopResult(state=state, last_metrics=last_metrics, stopped_by=stopped_by)

@@ -213,12 +213,11 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
   start_step = int(jax.device_get(state.step))
   step_fn = make_train_step(model, optimizer, mesh, data.image_size,
                             augment.AugmentConfig.from_config(data.augment))
-  batches = global_batches.prefetch_to_mesh(
-      tsn_reader.make_tsn_train_iterator(
-          data.records_dir, data.train_split, batch_size=config.batch_size // jax.process_count(),
-          frame_size=tuple(data.frame_size), num_segments=data.num_segments, seed=config.seed,
-          start_step=start_step, options=record_stream.ReaderOptions.from_config(data)),
-      mesh, data.prefetch)
+  host_iterator = tsn_reader.make_tsn_train_iterator(
+      data.records_dir, data.train_split, batch_size=config.batch_size // jax.process_count(),
+      frame_size=tuple(data.frame_size), num_segments=data.num_segments, seed=config.seed,
+      start_step=start_step, options=record_stream.ReaderOptions.from_config(data))
+  batches = global_batches.prefetch_to_mesh(host_iterator, mesh, data.prefetch)
   log(f'TSN fine-tuning {source} on {config.dataset}: steps {start_step}..{total_steps} '
       f'({steps_per_epoch} per epoch, {data.num_segments} segments) in {out_dir}.')
   from clu import metric_writers  # imports TensorFlow for its summary writer
@@ -230,7 +229,9 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
       total_steps=total_steps, batch_size=config.batch_size,
       log_every_steps=config.log_every_steps, log=log, writer=writer,
       describe=lambda step, means: (f'finetune step {step}/{total_steps} | loss '
-                                    f'{means["loss"]:.4f} | acc {means["accuracy"]:.2f}'))
+                                    f'{means["loss"]:.4f} | acc {means["accuracy"]:.2f}'),
+      window_extras=lambda _: {'skipped_examples': float(host_iterator.skipped_examples)},
+      host_stop=lambda: host_iterator.stop_error)
   if result.stopped_by:
     return {}
   if jax.process_index() == 0:

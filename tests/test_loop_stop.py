@@ -1,0 +1,48 @@
+"""An input error on one host of two stops both at the same saved step (vclr_jax/training_loop.py).
+
+Two real processes (jax.distributed on loopback, 2 CPU devices each) run the training loop on a
+toy step; process 1's input reports an error from step 3 on, as damage.SkippingBatches does
+past config.data.max_skipped_fraction.
+"""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'loop_stop_worker.py')
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_input_error_on_one_host_stops_every_host_at_one_saved_step(tmp_path):
+  port = free_port()
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  processes = [subprocess.Popen([sys.executable, WORKER, str(port), str(i), str(tmp_path / 'run'),
+                                 '3'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env) for i in range(2)]
+  outputs = []
+  for process in processes:
+    try:
+      outputs.append(process.communicate(timeout=240)[0])
+    except subprocess.TimeoutExpired:
+      for p in processes:
+        p.kill()
+      raise
+    assert process.returncode == 0, outputs[-1][-3000:]
+  stops = [re.search(r'received: every host saves step (\d+)', out) for out in outputs]
+  assert all(stops), outputs
+  step = int(stops[0][1])
+  assert int(stops[1][1]) == step and 3 <= step < 100
+  saved = re.compile(rf'Step {step} of \S+ is saved; a rerun resumes from it\.')
+  assert re.search(r'STOPPED InputError shard 3 of process 1 is damaged\. ', outputs[1])
+  assert saved.search(outputs[1]), outputs[1]
+  assert 'STOPPED StoppedByAnotherHost Another host stopped the run' in outputs[0]
+  assert saved.search(outputs[0]), outputs[0]
+  kept = [re.search(r'SAVED \[(.*)\]', out)[1] for out in outputs]
+  assert kept[0] == kept[1] and kept[0].endswith(str(step)), kept
