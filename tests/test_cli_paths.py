@@ -1,5 +1,6 @@
-"""Paths anywhere (issue 10): a run's config.json, evaluation feature cache and checkpoint
-lookup on a non-local filesystem that needs no network.
+"""Paths anywhere (issue 10): a run's config.json, evaluation feature cache, checkpoint
+lookup, results table, pictures and PyTorch exports on a non-local filesystem that needs no
+network.
 
 TensorFlow's in-memory filesystem (ram://) stands in for gs://: the fixture registers the
 scheme with etils.epath on its TensorFlow backend, the backend epath uses for gs:// whenever
@@ -85,3 +86,36 @@ def test_encoder_checkpoint_found_from_run_step_and_orbax_folders(tmp_path):
     np.testing.assert_array_equal(variables['params']['w'], tree['params']['w'])
   with pytest.raises(NoCheckpointError, match='holds no checkpoint'):
     checkpointing.load_encoder_variables(str(tmp_path))  # a folder without any
+
+
+@pytest.mark.parametrize('fmt', ['torchvision', 'safetensors'])
+def test_export_results_and_pictures_on_ram(ram_root, fmt, capsys):
+  import tensorflow as tf
+  from test_interop import metadata, random_variables, assert_backbone_equal
+  from vclr_jax.export import export_and_verify
+  from vclr_jax.evaluation import pictures, results
+  from vclr_jax.interop import load_pytorch_variables
+  from vclr_jax.models.vclr import VCLR
+
+  model = VCLR(depth=18, width_multiplier=0.25)
+  variables = random_variables(model, seed=1)
+  out = f'{ram_root}/exports/encoder.{"safetensors" if fmt == "safetensors" else "pth"}'
+  # Written, then read back by the export's own check, through TensorFlow's filesystem.
+  verification = export_and_verify(variables, out, fmt, metadata(18, 0.25), image_size=48)
+  assert tf.io.gfile.exists(out) and verification.max_abs_difference < 1e-4
+  assert_backbone_equal(load_pytorch_variables(out, random_variables(model, seed=2)), variables)
+  capsys.readouterr()
+
+  workdir = f'{ram_root}/run'
+  entry = dict(protocol='linear', dataset='synthetic', split='test', checkpoint_step=8,
+               metrics={'top1': 0.5}, settings={})
+  table = results.record(workdir, entry)
+  assert '| linear | synthetic | test | 8 | top1 50.0 |' in table
+  assert json.loads(tf.io.gfile.GFile(f'{workdir}/eval/results.json').read()) == [entry]
+  assert table in tf.io.gfile.GFile(f'{workdir}/eval/results.md').read()
+
+  picture = f'{workdir}/eval/retrieval.png'
+  thumbnails = np.zeros((2, 8, 8, 3), np.uint8)
+  pictures.retrieval_picture(picture, thumbnails, np.array([0, 1]), thumbnails[:, None],
+                             np.array([[0], [0]]))
+  assert tf.io.gfile.GFile(picture, 'rb').read()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -22,6 +22,7 @@ from typing import Mapping
 import numpy as np
 from absl import app
 from absl import flags
+from etils import epath
 
 CURVES_FILENAME = 'curves.png'
 PANEL_COLUMNS = 4
@@ -38,7 +39,7 @@ def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   from tensorboard.backend.event_processing import event_accumulator
   from tensorboard.util import tensor_util
 
-  if not os.path.isdir(workdir):
+  if not epath.Path(workdir).is_dir():
     raise FileNotFoundError(f'{workdir} is not a directory: give a run directory (--workdir).')
   accumulator = event_accumulator.EventAccumulator(
       workdir, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0})
@@ -106,16 +107,17 @@ def plot_runs(workdirs: Mapping[str, str], out: str) -> list[str]:
   for axis in axes.flat[len(tags):]:
     axis.remove()
   figure.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  figure.savefig(out, dpi=80)
+  epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
+  with epath.Path(out).open('wb') as f:
+    figure.savefig(f, format='png', dpi=80)
   plt.close(figure)
   return tags
 
 
 def write_curves(workdir: str, out: str | None = None) -> str:
   """``workdir``'s curves in ``out`` (default RUN/curves.png); returns the path."""
-  out = out or os.path.join(workdir, CURVES_FILENAME)
-  plot_runs({os.path.basename(os.path.normpath(workdir)): workdir}, out)
+  out = out or str(epath.Path(workdir) / CURVES_FILENAME)
+  plot_runs({epath.Path(workdir).name: workdir}, out)
   return out
 
 

@@ -13,7 +13,6 @@ the same command resumes from the latest checkpoint and continues the same data 
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -69,7 +69,7 @@ class FinetuneState:
 
 def finetune_dir(workdir: str, name: str) -> str:
   """RUN/finetune/<name>: one fine-tuning run of the pretraining run in RUN."""
-  return os.path.join(workdir, 'finetune', name)
+  return str(epath.Path(workdir) / 'finetune' / name)
 
 
 def _learning_rate(config, steps_per_epoch: int):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from etils import epath
 
 
 def retrieval_picture(path: str, query_thumbnails: np.ndarray, query_labels: np.ndarray,
@@ -37,6 +38,7 @@ def retrieval_picture(path: str, query_thumbnails: np.ndarray, query_labels: np.
     axis.set_xticks([])
     axis.set_yticks([])
   figure.tight_layout()
-  figure.savefig(path, dpi=80)
+  with epath.Path(path).open('wb') as f:
+    figure.savefig(f, format='png', dpi=80)
   plt.close(figure)
   return path

@@ -8,12 +8,12 @@ and records its result in RUN/eval/results.json (see results.py).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from vclr_jax import checkpointing
 from vclr_jax import train_state
@@ -54,13 +54,13 @@ def load_encoder(config: ml_collections.ConfigDict, workdir: str) -> Encoder:
     variables = {name: {'backbone': tree['backbone']} for name, tree in finetuned.items()}
     return Encoder(model, variables, step, f'{directory} step {step} (fine-tuned backbone)',
                    f'finetune-{config.finetuned_backbone}-step{step}')
-  checkpoints = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
-  if not os.path.isdir(checkpoints) or not any(n.isdigit() for n in os.listdir(checkpoints)):
+  checkpoints = checkpointing.absolute(workdir) / checkpointing.CHECKPOINT_DIR
+  if not checkpoints.is_dir() or not checkpointing.step_dirs(checkpoints):
     raise FileNotFoundError(f'{checkpoints} holds no checkpoint: pretrain first (python -m '
                             'vclr_jax.main) or pass --config.random_init=True for the baseline.')
   step = None if config.checkpoint_step < 0 else config.checkpoint_step
   variables, step = checkpointing.load_encoder_variables(workdir, step)
-  return Encoder(model, variables, step, os.path.join(checkpoints, str(step)), f'step{step}')
+  return Encoder(model, variables, step, str(checkpoints / str(step)), f'step{step}')
 
 
 def split_features(config: ml_collections.ConfigDict, workdir: str, encoder: Encoder,
@@ -72,7 +72,7 @@ def split_features(config: ml_collections.ConfigDict, workdir: str, encoder: Enc
     raise ValueError(f'config.data.batch_size={data.batch_size} must divide over '
                      f'{jax.process_count()} hosts.')
   per_host = data.batch_size // jax.process_count()
-  settings = dict(records_dir=os.path.abspath(data.records_dir), split=split,
+  settings = dict(records_dir=str(checkpointing.absolute(data.records_dir)), split=split,
                   num_frames=data.num_frames, crop_size=data.crop_size,
                   resize_short_side=data.resize_short_side, checkpoint=encoder.source,
                   step=encoder.step, thumbnail_size=config.features.thumbnail_size)
@@ -156,7 +156,8 @@ def _retrieval_picture(config, workdir, encoder, queries, gallery) -> str:
                                             config.retrieval.picture_neighbours)
   class_names = records.read_index(config.data.records_dir, config.data.train_split).get(
       'class_names') or None
-  path = os.path.join(workdir, 'eval', f'retrieval_{config.data.test_split}_{encoder.tag}.png')
+  path = str(epath.Path(workdir) / 'eval' /
+             f'retrieval_{config.data.test_split}_{encoder.tag}.png')
   return pictures.retrieval_picture(path, queries['thumbnails'][chosen], queries['labels'][chosen],
                                     gallery['thumbnails'][neighbours],
                                     gallery['labels'][neighbours], class_names)

@@ -7,7 +7,8 @@ its entry, so the table always shows the latest number for each.
 from __future__ import annotations
 
 import json
-import os
+
+from etils import epath
 
 RESULTS_FILE = 'results.json'
 TABLE_FILE = 'results.md'
@@ -17,22 +18,19 @@ _KEY_FIELDS = ('protocol', 'dataset', 'split', 'checkpoint_step')
 def record(workdir: str, entry: dict) -> str:
   """Adds ``entry`` (protocol, dataset, split, checkpoint_step, metrics, settings) and returns
   the rendered table, which is also written to RUN/eval/results.md."""
-  eval_dir = os.path.join(workdir, 'eval')
-  os.makedirs(eval_dir, exist_ok=True)
-  path = os.path.join(eval_dir, RESULTS_FILE)
-  entries = []
-  if os.path.exists(path):
-    with open(path) as f:
-      entries = json.load(f)
+  workdir = epath.Path(workdir)
+  eval_dir = workdir / 'eval'
+  eval_dir.mkdir(parents=True, exist_ok=True)
+  path = eval_dir / RESULTS_FILE
+  entries = json.loads(path.read_text()) if path.exists() else []
   key = tuple(entry[name] for name in _KEY_FIELDS)
   entries = [e for e in entries if tuple(e[name] for name in _KEY_FIELDS) != key] + [entry]
-  tmp_path = path + '.tmp'
-  with open(tmp_path, 'w') as f:
-    json.dump(entries, f, indent=1, sort_keys=True)
-  os.replace(tmp_path, path)
+  tmp_path = eval_dir / (RESULTS_FILE + '.tmp')
+  tmp_path.write_text(json.dumps(entries, indent=1, sort_keys=True))
+  tmp_path.replace(path)
   table = render_table(entries)
-  with open(os.path.join(eval_dir, TABLE_FILE), 'w') as f:
-    f.write(f'# Evaluation results of {os.path.abspath(workdir)}\n\n{table}\n')
+  source = workdir if workdir.is_absolute() else workdir.resolve()
+  (eval_dir / TABLE_FILE).write_text(f'# Evaluation results of {source}\n\n{table}\n')
   return table
 
 

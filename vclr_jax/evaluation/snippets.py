@@ -20,12 +20,13 @@ multi-host job: hosts work on their own shards without collectives).
 
 from __future__ import annotations
 
+import io
 import json
-import os
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vclr_jax.evaluation import features as features_lib
@@ -47,9 +48,11 @@ def rescale(sequence: np.ndarray, num_positions: int) -> np.ndarray:
 def write_feature_csv(path: str, sequence: np.ndarray) -> None:
   """mmaction2's localization feature file: header row, then one row of C values per position."""
   header = ','.join(f'f{i}' for i in range(sequence.shape[1]))
-  tmp_path = path + '.tmp'
-  np.savetxt(tmp_path, sequence, fmt='%.7g', delimiter=',', header=header, comments='')
-  os.replace(tmp_path, path)
+  text = io.StringIO()
+  np.savetxt(text, sequence, fmt='%.7g', delimiter=',', header=header, comments='')
+  tmp_path = epath.Path(path + '.tmp')
+  tmp_path.write_text(text.getvalue())
+  tmp_path.replace(path)
 
 
 def make_frame_feature_fn(model, variables: dict, chunk: int):
@@ -86,13 +89,13 @@ def run_snippet_features(config: ml_collections.ConfigDict, workdir: str, log=pr
     raise ValueError('config.snippets.num_positions must be 0 (keep every snippet) or a '
                      f'positive number of temporal positions, got {snippets.num_positions}.')
   frame_features = make_frame_feature_fn(encoder.model, encoder.variables, snippets.batch_size)
-  out_root = os.path.join(workdir, 'eval', f'snippets_{encoder.tag}')
+  out_root = epath.Path(workdir) / 'eval' / f'snippets_{encoder.tag}'
   settings = dict(checkpoint=encoder.source, step=encoder.step, stride=snippets.stride,
                   num_positions=snippets.num_positions, crop_size=data.crop_size,
                   resize_short_side=data.resize_short_side, frame='centre of each snippet')
   for split in snippets.splits.split(','):
-    out_dir = os.path.join(out_root, split)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = out_root / split
+    out_dir.mkdir(parents=True, exist_ok=True)
     videos = {}
     for video in snippet_reader.make_snippet_iterator(
         data.records_dir, split, stride=snippets.stride, crop_size=data.crop_size,
@@ -104,7 +107,7 @@ def run_snippet_features(config: ml_collections.ConfigDict, workdir: str, log=pr
       sequence = frame_features(video['frames'])
       if snippets.num_positions:
         sequence = rescale(sequence, snippets.num_positions)
-      write_feature_csv(os.path.join(out_dir, f'{video["video_id"]}.csv'), sequence)
+      write_feature_csv(str(out_dir / f'{video["video_id"]}.csv'), sequence)
       videos[video['video_id']] = dict(
           video_index=int(video['video_index']), label=int(video['label']),
           duration_frame=video['num_frames'], fps=video['fps'],
@@ -115,8 +118,7 @@ def run_snippet_features(config: ml_collections.ConfigDict, workdir: str, log=pr
         log(f'snippet features: {len(videos)} videos of {split} written to {out_dir}')
     info_name = ('video_info.json' if jax.process_count() == 1
                  else f'video_info.process{jax.process_index()}.json')
-    with open(os.path.join(out_dir, info_name), 'w') as f:
-      json.dump(dict(settings=settings, videos=videos), f, indent=1)
+    (out_dir / info_name).write_text(json.dumps(dict(settings=settings, videos=videos), indent=1))
     log(f'Snippet features of {len(videos)} videos of {data.records_dir}/{split} '
         f'({encoder.source}, stride {snippets.stride}, '
         f'{snippets.num_positions or "all"} positions): {out_dir}')

@@ -21,10 +21,12 @@ without torch) and how their keys are read; see docs/interop.md for the user-fac
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Mapping
 
 import numpy as np
+from etils import epath
 
 from vclr_jax.interop.torch_layout import (BN_COUNTER, HEAD_MODULES,
                                            torchvision_name_from_mmaction2)
@@ -59,11 +61,11 @@ class TorchWeights:
 def read_torch_weights(path: str) -> TorchWeights:
   """Reads ``path`` and recognises its layout; raises ValueError naming the file if unknown."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f'PyTorch weight file {path} does not exist.')
   if path.endswith(SAFETENSORS_SUFFIX):
-    from safetensors.numpy import load_file
-    contents = load_file(path)
+    import safetensors.numpy
+    contents = safetensors.numpy.load(epath.Path(path).read_bytes())
   elif path.endswith(TORCH_SUFFIXES):
     contents = _torch_load(path)
   else:
@@ -81,7 +83,8 @@ def _torch_load(path: str):
   # The reference VCLR checkpoint stores its argparse options under 'opt'.
   with torch.serialization.safe_globals([argparse.Namespace]):
     try:
-      return torch.load(path, map_location='cpu', weights_only=True)
+      with epath.Path(path).open('rb') as f:  # any filesystem (gs://...)
+        return torch.load(io.BytesIO(f.read()), map_location='cpu', weights_only=True)
     except Exception as error:  # torch raises UnpicklingError or RuntimeError here.
       raise ValueError(f'{path}: torch.load(weights_only=True) failed ({error}). If the file '
                        'pickles custom classes, re-save only its state dict: '

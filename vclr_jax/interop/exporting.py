@@ -8,11 +8,12 @@ state dict that ``load_state_dict`` takes as is).
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from collections.abc import Mapping
 
 import numpy as np
+from etils import epath
 
 from vclr_jax.augment import IMAGENET_MEAN, IMAGENET_STD
 from vclr_jax.interop.torch_layout import backbone_state_dict, mmaction2_name
@@ -58,23 +59,26 @@ def export_encoder(variables: Mapping, out: str, fmt: str, metadata: Mapping) ->
   if fmt not in FORMATS:
     raise ValueError(f'--format must be one of {FORMATS}, got {fmt!r}.')
   state = backbone_state_dict(variables)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
   metadata = dict(metadata, key_layout=fmt)
   if fmt == 'safetensors':
-    from safetensors.numpy import save_file
+    import safetensors.numpy
     # safetensors metadata values must be strings.
-    save_file(state, out, metadata={k: json.dumps(v) for k, v in metadata.items()})
+    epath.Path(out).write_bytes(safetensors.numpy.save(
+        state, metadata={k: json.dumps(v) for k, v in metadata.items()}))
     return [out]
 
   import torch
   tensors = {name: torch.from_numpy(np.array(value)) for name, value in state.items()}
   if fmt == 'torchvision':
-    torch.save(tensors, out)
-    with open(metadata_path(out), 'w') as f:
-      json.dump(metadata, f, indent=2)
-    return [out, metadata_path(out)]
-  # mmaction2 loads {'state_dict', 'meta'} checkpoints; its ResNet names conv+bn pairs ConvModules.
-  torch.save({'state_dict': {'backbone.' + mmaction2_name(name): value
-                             for name, value in tensors.items()},
-              'meta': metadata}, out)
-  return [out]
+    contents = tensors
+    epath.Path(metadata_path(out)).write_text(json.dumps(metadata, indent=2))
+  else:
+    # mmaction2 loads {'state_dict', 'meta'} checkpoints; its ResNet names conv+bn pairs
+    # ConvModules.
+    contents = {'state_dict': {'backbone.' + mmaction2_name(name): value
+                               for name, value in tensors.items()}, 'meta': metadata}
+  buffer = io.BytesIO()  # TensorFlow's gs:// writer takes bytes, not torch's memoryviews
+  torch.save(contents, buffer)
+  epath.Path(out).write_bytes(buffer.getvalue())
+  return [out, metadata_path(out)] if fmt == 'torchvision' else [out]

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 from collections.abc import Mapping
 
 import jax
 import numpy as np
+from etils import epath
 
 from vclr_jax.interop.torch_layout import torchvision_name_from_mmaction2
 from vclr_jax.interop.torchvision_compat import import_torchvision
@@ -63,10 +65,11 @@ def torchvision_resnet(depth: int, width_multiplier: float = 1.0):
 def read_exported_state_dict(path: str, fmt: str) -> dict:
   """The exported file as a torchvision state dict of torch tensors, read as a user would."""
   import torch
+  data = epath.Path(path).read_bytes()  # any filesystem (gs://...)
   if fmt == 'safetensors':
-    from safetensors.torch import load_file
-    return load_file(path)
-  contents = torch.load(path, map_location='cpu', weights_only=True)
+    import safetensors.torch
+    return safetensors.torch.load(data)
+  contents = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
   if fmt == 'mmaction2':
     return {torchvision_name_from_mmaction2(key[len('backbone.'):]): value
             for key, value in contents['state_dict'].items()}
