@@ -23,7 +23,7 @@ from configs import demo  # noqa: E402
 
 
 def tiny_config(**overrides):
-  """configs/demo.py shrunk to a ResNet-18 of width 8 at 80 px on in-memory videos."""
+  """configs/demo.py shrunk to a ResNet-10 of width 8 at 80 px on in-memory videos (a quick compile)."""
   config = demo.get_config()
   config.data.source = 'in_memory'
   config.data.in_memory_videos = 16
@@ -33,6 +33,7 @@ def tiny_config(**overrides):
   config.queue_size = 48
   config.num_epochs = 4
   config.optim.warmup_epochs = 1
+  config.model.depth = 10
   config.model.width_multiplier = 0.125
   config.model.shuffle_bn_groups_per_device = 2
   config.update_from_flattened_dict(overrides)

@@ -14,7 +14,7 @@ TINY_FLAGS = [
     '--config=configs/demo.py',
     '--config.data.source=in_memory', '--config.data.in_memory_videos=32',
     '--config.data.image_size=80', '--config.batch_size=16', '--config.queue_size=64',
-    '--config.model.width_multiplier=0.125', '--config.num_epochs=30',
+    '--config.model.depth=10', '--config.model.width_multiplier=0.125', '--config.num_epochs=30',
     '--config.optim.warmup_epochs=1', '--config.optim.base_lr=1.6',
     '--config.log_every_steps=5', '--config.checkpoint.every_steps=20',
     # Crops and flips only (the drifting textures' identity is their colour), set from the CLI.

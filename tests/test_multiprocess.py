@@ -34,7 +34,7 @@ STEP_LINE = re.compile(r'step (\d+)/(\d+) \|')
 STOP_LINE = re.compile(r'received: every host saves step (\d+)')
 OVERRIDES = {
     'batch_size': BATCH, 'queue_size': 32, 'num_epochs': EPOCHS, 'log_every_steps': 1,
-    'checkpoint.every_steps': 1000, 'model.width_multiplier': 0.125,
+    'checkpoint.every_steps': 1000, 'model.depth': 10, 'model.width_multiplier': 0.125,
     'model.compute_dtype': 'float64', 'data.image_size': 80, 'optim.warmup_epochs': 1,
     'model.shuffle_bn_groups_per_device': 0,
 }

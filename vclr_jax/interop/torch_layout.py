@@ -177,4 +177,4 @@ def infer_architecture(tensors: Mapping[str, np.ndarray]) -> tuple[int, float]:
       return depth, width_multiplier
   raise ValueError(f'The weights hold a ResNet with {blocks} blocks per stage '
                    f'({"bottleneck" if bottleneck else "basic"} blocks); supported: '
-                   'ResNet-18/34/50.')
+                   'ResNet-10/18/34/50.')

@@ -39,7 +39,8 @@ class Verification:
 
 
 def torchvision_resnet(depth: int, width_multiplier: float = 1.0):
-  """torchvision ``resnet{depth}`` with ``fc = Identity`` (so it returns pooled features).
+  """torchvision ``resnet{depth}`` with ``fc = Identity`` (so it returns pooled features);
+  ResNet-10 is torchvision's ``ResNet(BasicBlock, [1, 1, 1, 1])``.
 
   For width_multiplier != 1 the stem and the four stages are rebuilt with torchvision's own
   ``ResNet._make_layer`` at the scaled widths: the same blocks and wiring as our ResNet. (The
@@ -48,7 +49,9 @@ def torchvision_resnet(depth: int, width_multiplier: float = 1.0):
   """
   import torch.nn as nn
   torchvision = import_torchvision()
-  model = getattr(torchvision.models, f'resnet{depth}')(weights=None)
+  resnet = torchvision.models.resnet
+  model = resnet.ResNet(resnet.Bottleneck if depth == 50 else resnet.BasicBlock,
+                        list(STAGE_BLOCKS[depth]))
   if width_multiplier != 1.0:
     base = int(64 * width_multiplier)
     model.inplanes = base
