@@ -62,8 +62,9 @@ def test_eight_devices_give_the_features_of_one_device():
 
 
 def test_cache_is_reused_and_invalidated_by_checkpoint_step_or_settings(tmp_path):
-  workdir = make_pretraining_run(tmp_path / 'run', tiny_config(), steps=(1, 2))
-  model = VCLR(depth=18, width_multiplier=0.125)
+  config = tiny_config()
+  workdir = make_pretraining_run(tmp_path / 'run', config, steps=(1, 2))
+  model = VCLR(depth=config.model.depth, width_multiplier=config.model.width_multiplier)
   batches, _ = _batches()
   calls = []
 

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 
+from conftest import FAST_COMPILE_FLAGS
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG_LINE = re.compile(r'step (\d+)/(\d+) \| loss ([\d.]+)')
 
@@ -25,7 +27,7 @@ TINY_FLAGS = [
 
 def launch(workdir, disk_full_from_step=None):
   """The trainer; with ``disk_full_from_step`` every checkpoint from that step on hits ENOSPC."""
-  env = dict(os.environ, XLA_FLAGS='', PYTHONUNBUFFERED='1')
+  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE_FLAGS, PYTHONUNBUFFERED='1')
   env.pop('VCLR_DEBUG', None)
   program = ['-m', 'vclr_jax.main'] if disk_full_from_step is None else [
       os.path.join(REPO, 'tests', 'disk_full_run.py'), str(disk_full_from_step), 'vclr_jax.main']

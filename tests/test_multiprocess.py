@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import FAST_COMPILE_FLAGS, tiny_config
 from input_pipeline import record_stream
 from input_pipeline import records
 from input_pipeline import synthetic
@@ -68,7 +68,7 @@ def launch_pair(workdir, records_dir, logs_dir, round_name):
   flags += [f'--workdir={workdir}', '--config.data.source=records',
             f'--config.data.records_dir={records_dir}', '--config.data.frame_size=(90, 120)',
             '--distributed', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count=2 {FAST_COMPILE_FLAGS}',
              JAX_ENABLE_X64='1', PYTHONUNBUFFERED='1')
   processes, logs = [], []
   for process_id in range(2):

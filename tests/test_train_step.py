@@ -83,10 +83,22 @@ def max_abs_diff(a, b):
 FLOAT64_RTOL = 1e-9
 
 
+def sync_float64_config():
+  return tiny_config(**{'model.online_bn': 'sync', 'model.key_bn': 'sync', 'batch_size': 16,
+                        'model.compute_dtype': 'float64'})
+
+
+# One float32 config for the tests of the optimiser, EMA and skipped steps, so that they share
+# one compiled step: plain SGD (the applied learning rate is |update| / |gradient|), the
+# released EMA momentum, and a learning rate at which the first warm-up step (lr / 100) moves
+# the online weights visibly.
+SGD_CONFIG = {'optim.momentum': 0.0, 'optim.weight_decay': 0.0, 'ema_momentum': 0.999,
+              'optim.base_lr': 0.8}
+
+
 def test_eight_devices_with_sync_bn_equal_one_device():
   with jax.enable_x64(True):
-    config = tiny_config(**{'model.online_bn': 'sync', 'model.key_bn': 'sync', 'batch_size': 16,
-                            'model.compute_dtype': 'float64'})
+    config = sync_float64_config()
     initial = jax.device_get(ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0)))
     state1, metrics1 = run_steps(config, 1, 1)
     state8, metrics8 = run_steps(config, 8, 1)
@@ -190,16 +202,13 @@ def test_queues_receive_gathered_keys_at_their_positions_and_wrap():
 
 
 def _check_queues_receive_gathered_keys():
-  config = tiny_config(**{'model.online_bn': 'sync', 'model.key_bn': 'sync', 'batch_size': 8,
-                          'queue_size': 32, 'model.compute_dtype': 'float64'})
+  config = sync_float64_config()  # the step compiled for the 8-device test above
   state = ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0))
-  mesh = tstep.make_mesh(jax.devices()[:4])
+  mesh, step = compiled_step(config.to_json(), 8)
   keys_seen = {'inter': [], 'video': []}
   model = ts.build_model(config.model)
 
   # The keys the step must enqueue, recomputed independently on the whole global batch.
-  step = tstep.make_train_step(config, mesh, ts.make_optimizer(config, NUM_VIDEOS),
-                               ts.learning_rate_schedule(config, NUM_VIDEOS))
   data = source(config)
   state = tstep.replicate(state, mesh)
   for i in range(3):
@@ -219,15 +228,20 @@ def _check_queues_receive_gathered_keys():
         ema, feats[3 * b:].reshape(b, 3, -1), method='video_embedding')))
     state, _ = step(state, to_global(batch, mesh))
   state = jax.device_get(state)
-  # Inter: 3 steps x 24 rows into 32 slots -> positions 0..71 mod 32; video: 3 x 8 rows.
+  # Inter: 3 steps x 48 rows into 48 slots -> positions 0..143 mod 48, each slot written three
+  # times; video: 3 x 16 rows fill the 48 slots once and wrap to 0.
+  size = config.queue_size
+  assert size == 48
   inter_written = np.concatenate(keys_seen['inter'])
-  expected_inter = np.zeros((32, 128))
+  assert len(inter_written) == 3 * size
+  expected_inter = np.zeros((size, 128))
   for position, row in enumerate(inter_written):
-    expected_inter[position % 32] = row
-  assert int(state.queue_inter_pos) == 72 % 32
+    expected_inter[position % size] = row
+  assert int(state.queue_inter_pos) == 0
   np.testing.assert_allclose(state.queue_inter, expected_inter, rtol=0, atol=FLOAT64_RTOL)
-  assert int(state.queue_video_pos) == 24
-  np.testing.assert_allclose(state.queue_video[:24], np.concatenate(keys_seen['video']), rtol=0,
+  np.testing.assert_allclose(state.queue_inter, inter_written[-size:], rtol=0, atol=FLOAT64_RTOL)
+  assert int(state.queue_video_pos) == 0
+  np.testing.assert_allclose(state.queue_video, np.concatenate(keys_seen['video']), rtol=0,
                              atol=FLOAT64_RTOL)  # unit vectors: absolute = relative
 
 
@@ -237,9 +251,7 @@ def test_queue_size_must_be_a_multiple_of_the_batch():
 
 
 def test_ema_after_a_step_mixes_old_key_and_new_online_weights():
-  # The released momentum (the demo uses 0.99), and a learning rate at which the first
-  # warm-up step (lr / 100) moves the online weights visibly.
-  config = tiny_config(**{'ema_momentum': 0.999, 'optim.base_lr': 0.8})
+  config = tiny_config(**SGD_CONFIG)
   state0 = jax.device_get(ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0)))
   # Make the key encoder differ from the online one so the mixture is visible.
   state0 = state0.replace(ema_params=jax.tree.map(lambda x: x * 0.5 + 0.01, state0.ema_params))
@@ -289,7 +301,7 @@ def test_sgd_matches_torch_style_momentum_and_weight_decay():
 
 
 def test_nonfinite_step_is_not_applied_but_counted():
-  config = tiny_config()
+  config = tiny_config(**SGD_CONFIG)
   state0 = jax.device_get(ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0)))
   bad = state0.replace(queue_video=np.full_like(state0.queue_video, np.nan))
   state1, metrics = run_steps(config, 1, 1, state=bad)
@@ -310,7 +322,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
 def test_learning_rate_after_skipped_steps_is_the_schedule_at_the_step():
   # Plain SGD (no momentum, no decay): the update is -lr x gradient, so the applied rate is
   # |update| / |gradient|. The first two steps are poisoned (NaN queue) and skipped.
-  config = tiny_config(**{'optim.momentum': 0.0, 'optim.weight_decay': 0.0})
+  config = tiny_config(**SGD_CONFIG)
   state0 = jax.device_get(ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0)))
   poisoned = state0.replace(queue_video=np.full_like(state0.queue_video, np.nan))
   skipped, metrics = run_steps(config, 1, 2, state=poisoned)

@@ -20,7 +20,7 @@ from vclr_jax.evaluation.finetune import TSN
 from vclr_jax.interop.exporting import export_encoder
 from vclr_jax.models.resnet import ResNet
 
-DEPTH, WIDTH = 18, 0.125
+DEPTH, WIDTH = tiny_config().model.depth, tiny_config().model.width_multiplier
 BLOCK = visualize.last_block_name(DEPTH)
 NUM_CLASSES = 3
 
