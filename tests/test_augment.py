@@ -197,9 +197,10 @@ def test_same_global_batch_gives_the_same_crops_on_one_and_eight_devices():
   batch = InMemoryVideos(videos, batch_size=16, seed=0).batch(0)
   one, eight = _views(1, batch), _views(8, batch)
   for a, b in zip(one, eight):
-    # The same draws and the same per-crop arithmetic: float32 matmuls may block differently
-    # with the batch, so allow a few ulp of the normalised scale (|x| < 2.7).
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    # The same draws and the same per-crop arithmetic: float32 matmuls may block and vectorise
+    # differently with the batch (measured: 1e-5 with XLA's defaults, 3.1e-5 with the suite's
+    # FAST_COMPILE_FLAGS), while another draw moves pixels by O(0.1) (|x| < 2.7).
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
   query, key, x1 = one
   assert not np.allclose(x1, query[np.arange(16), batch['anchor']])  # x1: a second crop
   assert not np.allclose(query[0], query[1])

@@ -29,7 +29,7 @@ from vclr_jax import train_state as ts
 from vclr_jax import train_step as tstep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BATCH, EPOCHS = 8, 8
+BATCH, EPOCHS = 8, 4
 STEP_LINE = re.compile(r'step (\d+)/(\d+) \|')
 STOP_LINE = re.compile(r'received: every host saves step (\d+)')
 OVERRIDES = {
