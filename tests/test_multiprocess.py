@@ -68,7 +68,10 @@ def launch_pair(workdir, records_dir, logs_dir, round_name):
   flags += [f'--workdir={workdir}', '--config.data.source=records',
             f'--config.data.records_dir={records_dir}', '--config.data.frame_size=(90, 120)',
             '--distributed', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
+  # No shared compilation cache: in a rerun only one process found its step there, and the
+  # other, still compiling, missed gloo's 30 s deadline at the first collective.
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count=2 {FAST_COMPILE_FLAGS}',
+             JAX_COMPILATION_CACHE_DIR='',
              JAX_ENABLE_X64='1', PYTHONUNBUFFERED='1')
   processes, logs = [], []
   for process_id in range(2):
