@@ -10,6 +10,8 @@ import json
 
 from etils import epath
 
+from vclr_jax import checkpointing
+
 RESULTS_FILE = 'results.json'
 TABLE_FILE = 'results.md'
 _KEY_FIELDS = ('protocol', 'dataset', 'split', 'checkpoint_step')
@@ -29,8 +31,8 @@ def record(workdir: str, entry: dict) -> str:
   tmp_path.write_text(json.dumps(entries, indent=1, sort_keys=True))
   tmp_path.replace(path)
   table = render_table(entries)
-  source = workdir if workdir.is_absolute() else workdir.resolve()
-  (eval_dir / TABLE_FILE).write_text(f'# Evaluation results of {source}\n\n{table}\n')
+  (eval_dir / TABLE_FILE).write_text(
+      f'# Evaluation results of {checkpointing.absolute(workdir)}\n\n{table}\n')
   return table
 
 

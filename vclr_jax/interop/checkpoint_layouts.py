@@ -83,8 +83,8 @@ def _torch_load(path: str):
   # The reference VCLR checkpoint stores its argparse options under 'opt'.
   with torch.serialization.safe_globals([argparse.Namespace]):
     try:
-      with epath.Path(path).open('rb') as f:  # any filesystem (gs://...)
-        return torch.load(io.BytesIO(f.read()), map_location='cpu', weights_only=True)
+      data = io.BytesIO(epath.Path(path).read_bytes())  # any filesystem (gs://...)
+      return torch.load(data, map_location='cpu', weights_only=True)
     except Exception as error:  # torch raises UnpicklingError or RuntimeError here.
       raise ValueError(f'{path}: torch.load(weights_only=True) failed ({error}). If the file '
                        'pickles custom classes, re-save only its state dict: '
