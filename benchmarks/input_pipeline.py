@@ -18,6 +18,10 @@ it measures in one run:
   flip, ToTensor, Normalize), one process, when the frame folders are at hand;
 - placement of in-memory uint8 batches as global arrays (jax.make_array_from_process_local_data).
 Its last line is ``host videos/s per core: X (floor Y, ratio Z)``.
+
+``--placement_only`` times the last item alone, on random batches of ``--frame_size``, and
+needs no TensorFlow: on an accelerator machine it is the host-to-device placement speed that
+the reader has to feed.
 """
 
 from __future__ import annotations
@@ -179,13 +183,23 @@ def main(argv=None) -> None:
   parser.add_argument('--batches', type=int, default=10, help='timed batches after warm-up')
   parser.add_argument('--warmup_batches', type=int, default=2)
   parser.add_argument('--image_size', type=int, default=224, help='crop size (PIL loader)')
+  parser.add_argument('--placement_only', action='store_true',
+                      help='time only the placement of random in-memory batches (no TensorFlow)')
   args = parser.parse_args(argv)
+  width, height = (int(v) for v in args.frame_size.split('x'))
+  if args.placement_only:
+    from vclr_jax import batch as batch_layout
+    batch = batch_layout.random_batch(args.batch_size, (height, width), seed=0)
+    placed, devices = time_placement(batch)
+    print(f'placement of {args.batch_size} x {batch["frames"][0].nbytes / 1e6:.2f} MB '
+          f'{width}x{height} examples -> global arrays over {devices} device(s): '
+          f'{placed:.0f} videos/s ({placed * batch["frames"][0].nbytes / 1e9:.2f} GB/s)')
+    return
   cores = pin_cores(args.cores)
   tf = configure_tensorflow(cores)
   from input_pipeline import prepare
   from input_pipeline import records
 
-  width, height = (int(v) for v in args.frame_size.split('x'))
   work_dir = args.work_dir or tempfile.mkdtemp(prefix='vclr_input_bench_')
   frames_root = None
   records_dir = args.records

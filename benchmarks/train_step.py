@@ -8,8 +8,9 @@ device memory (random uint8 frames on the config.data.frame_size canvas, in the 
 vclr_jax/batch.py; no TensorFlow, no input pipeline), and prints videos/s, frames/s through
 each encoder (3 per video online, 6 per video through the EMA key encoder), achieved
 TFLOP/s with model FLOPs utilisation against the device's peak (FLOPs from XLA's cost
-analysis of the compiled step), and the on-device augmentation's share of the step: the
-seven crops and colour work of the same batch timed alone, against the whole step.
+analysis of the step lowered for the host's CPU: flops_per_step), and the on-device
+augmentation's share of the step: the seven crops and colour work of the same batch timed
+alone, against the whole step.
 """
 
 import os
@@ -23,7 +24,7 @@ from absl import flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from vclr_jax import augment  # noqa: E402
@@ -61,17 +62,6 @@ def device_peak_tflops(dtype: str) -> float | None:
   return None
 
 
-def random_host_batch(batch_size: int, frame_size, seed: int) -> dict[str, np.ndarray]:
-  rng = np.random.default_rng(seed)
-  shape, _ = batch_layout.batch_shapes(batch_size, frame_size)['frames']
-  batch = {'frames': rng.integers(0, 256, shape, dtype=np.uint8)}
-  batch['anchor'] = 2 * rng.integers(0, 2, batch_size).astype(np.int32)
-  batch['query_perm'] = batch_layout.SHUFFLES[rng.integers(0, 4, batch_size)]
-  batch['key_perm'] = np.tile(batch_layout.IDENTITY, (batch_size, 1))
-  batch['order_label'] = batch_layout.order_label(batch['query_perm'], batch['key_perm'])
-  return batch
-
-
 def time_augmentation(config, mesh, batches) -> float:
   """Seconds per batch of the step's augmentation (crops and colour) compiled on its own."""
   augment_config = augment.AugmentConfig.from_config(config.data.augment)
@@ -92,18 +82,46 @@ def time_augmentation(config, mesh, batches) -> float:
   return (time.perf_counter() - start) / FLAGS.steps
 
 
+def flops_per_step(config) -> float:
+  """FLOPs of one step over the global batch: XLA's cost analysis of it lowered for one CPU.
+
+  On the host's CPU backend because GPU backends (PJRT plugins) analyse no lowered module
+  and count the compiled module's cuDNN convolutions as 0 (0.205 of the 7.81 TFLOP of a
+  batch-64 ResNet-50 step on an H200). One device running the global batch does the same
+  arithmetic as D devices running a D-th each (1% apart at 8 devices, the collectives).
+  """
+  config = config.copy_and_resolve_references()
+  cpu_mesh = tstep.make_mesh(jax.devices('cpu')[:1])
+  tstep.resolve_shuffle_bn(config, 1)
+  replicated, split = NamedSharding(cpu_mesh, P()), NamedSharding(cpu_mesh, P(tstep.DATA_AXIS))
+  state_shapes = jax.eval_shape(lambda rng: ts.create_train_state(config, FLAGS.num_videos, rng),
+                                jax.random.key(0))
+  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                       state_shapes)
+  batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=split)
+           for name, (shape, dtype) in batch_layout.batch_shapes(
+               config.batch_size, tuple(config.data.frame_size)).items()}
+  step = tstep.make_train_step(config, cpu_mesh, ts.make_optimizer(config, FLAGS.num_videos),
+                               ts.learning_rate_schedule(config, FLAGS.num_videos))
+  cost = step.lower(state, batch).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops'])
+
+
 def main(argv):
   del argv
   config = FLAGS.config
+  total_flops = flops_per_step(config)
   mesh = tstep.make_mesh()
   tstep.check_divisibility(config, mesh.size)
   tstep.resolve_shuffle_bn(config, mesh.size)
   ts.check_queue_size(config)
   per_host = config.batch_size // jax.process_count()
-  batches = [to_global(random_host_batch(per_host, tuple(config.data.frame_size), seed), mesh)
+  frame_size = tuple(config.data.frame_size)
+  batches = [to_global(batch_layout.random_batch(per_host, frame_size, seed), mesh)
              for seed in range(2)]
   create = jax.jit(lambda rng: ts.create_train_state(config, FLAGS.num_videos, rng),
-                   out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+                   out_shardings=NamedSharding(mesh, P()))
   state = create(jax.random.key(0))
   step = tstep.make_train_step(config, mesh, ts.make_optimizer(config, FLAGS.num_videos),
                                ts.learning_rate_schedule(config, FLAGS.num_videos))
@@ -111,10 +129,6 @@ def main(argv):
   start = time.perf_counter()
   compiled = step.lower(state, batches[0]).compile()
   compile_seconds = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  # The compiled module is the per-device SPMD program.
-  flops_per_step = float(cost.get('flops', 0.0)) * mesh.size
 
   state, metrics = compiled(state, batches[0])
   jax.block_until_ready(metrics)
@@ -126,7 +140,7 @@ def main(argv):
 
   augment_seconds = time_augmentation(config, mesh, batches)
   videos_per_sec = config.batch_size / seconds
-  achieved = flops_per_step / seconds / 1e12
+  achieved = total_flops / seconds / 1e12
   peak = device_peak_tflops(config.model.compute_dtype)
   print(f'devices: {mesh.size} x {jax.devices()[0].device_kind} ({jax.default_backend()}), '
         f'JAX {jax.__version__}')
@@ -139,7 +153,7 @@ def main(argv):
   print(f'frames/s: online encoder {3 * videos_per_sec:.1f}, key encoder {6 * videos_per_sec:.1f}')
   mfu = f'{100 * achieved / (peak * mesh.size):.1f}% of {peak:.0f} TFLOP/s per device' if peak \
       else 'n/a (unknown device peak: pass --peak_tflops)'
-  print(f'XLA FLOPs per step: {flops_per_step / 1e12:.3f} TFLOP; achieved {achieved:.2f} TFLOP/s; '
+  print(f'XLA FLOPs per step: {total_flops / 1e12:.3f} TFLOP; achieved {achieved:.2f} TFLOP/s; '
         f'MFU {mfu}')
   print(f'on-device augmentation: {augment_seconds * 1e3:.1f} ms per batch alone, '
         f'{100 * augment_seconds / seconds:.1f}% of the step (step without it: '

@@ -80,3 +80,19 @@ def order_label(query_perm: np.ndarray, key_perm: np.ndarray) -> np.ndarray:
   query_shuffled = np.any(query_perm != IDENTITY, axis=-1)
   key_shuffled = np.any(key_perm != IDENTITY, axis=-1)
   return (query_shuffled.astype(np.int32) + 2 * key_shuffled.astype(np.int32))
+
+
+def random_batch(batch_size: int, frame_size: tuple[int, int], seed: int) -> dict[str, np.ndarray]:
+  """A batch of random frames in this layout, with valid anchors and permutations.
+
+  For benchmarks that feed the train step or the device placement from memory (machines
+  without TensorFlow or records).
+  """
+  rng = np.random.default_rng(seed)
+  shape, _ = batch_shapes(batch_size, frame_size)['frames']
+  batch = {'frames': rng.integers(0, 256, shape, dtype=np.uint8)}
+  batch['anchor'] = 2 * rng.integers(0, 2, batch_size).astype(np.int32)
+  batch['query_perm'] = SHUFFLES[rng.integers(0, len(SHUFFLES), batch_size)]
+  batch['key_perm'] = np.tile(IDENTITY, (batch_size, 1))
+  batch['order_label'] = order_label(batch['query_perm'], batch['key_perm'])
+  return batch
