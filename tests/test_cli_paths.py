@@ -119,3 +119,20 @@ def test_export_results_and_pictures_on_ram(ram_root, fmt, capsys):
   pictures.retrieval_picture(picture, thumbnails, np.array([0, 1]), thumbnails[:, None],
                              np.array([[0], [0]]))
   assert tf.io.gfile.GFile(picture, 'rb').read()[:8] == b'\x89PNG\r\n\x1a\n'
+
+  from vclr_jax import visualize
+  frames = np.full((2, 12, 16, 3), 90, np.uint8)
+  source = visualize.Source('encoder', 'a stand-in', model, {})
+  maps = np.linspace(0, 1, 2 * 12 * 16).reshape(2, 12, 16)
+  grid = visualize.write_pictures(f'{workdir}/gradcam', frames,
+                                  [(source, maps, np.array([0.5, 0.25]))])
+  assert grid == f'{workdir}/gradcam/{visualize.GRID_FILENAME}'
+  written = sorted(tf.io.gfile.listdir(f'{workdir}/gradcam'))
+  assert written == sorted([visualize.GRID_FILENAME, 'frame_0.png', 'frame_1.png',
+                            'encoder_gradcam_0.png', 'encoder_gradcam_1.png',
+                            'encoder_overlay_0.png', 'encoder_overlay_1.png'])
+  from PIL import Image
+  import io
+  with Image.open(io.BytesIO(tf.io.gfile.GFile(f'{workdir}/gradcam/encoder_overlay_1.png',
+                                               'rb').read())) as overlay:
+    np.testing.assert_array_equal(np.asarray(overlay), visualize.overlay(frames[1], maps[1]))

@@ -278,6 +278,9 @@ def color_jitter(image, params):
 
 def augment_crop(frame, params, output_size: int, config: AugmentConfig, dtype=jnp.float32):
   """One frame and its drawn parameters -> one ImageNet-normalised (S, S, 3) crop."""
+  # The drawn factors are float64 under jax_enable_x64; the crop is computed in ``dtype``.
+  params = {name: value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value
+            for name, value in params.items()}
   image = crop_and_resize(frame, params['top'], params['left'], params['height'],
                           params['width'], params['flip'], output_size, dtype)
   # Ops with probability 0 are left out of the graph (TSN's crops-only recipe).

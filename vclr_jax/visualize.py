@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import os
 import re
 from typing import Callable
 
@@ -44,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app
 from absl import flags
+from etils import epath
 from PIL import Image
 
 from vclr_jax import augment
@@ -170,8 +170,7 @@ def _backbone_source(name, description, depth, width_multiplier, variables) -> S
 
 def load_source(path: str) -> Source:
   """A run directory (pretraining or RUN/finetune/<name>) or a PyTorch/safetensors file."""
-  name = re.sub(r'[^A-Za-z0-9_.-]+', '_', os.path.splitext(os.path.basename(
-      os.path.normpath(path)))[0])
+  name = re.sub(r'[^A-Za-z0-9_.-]+', '_', epath.Path(path).stem)
   if path.endswith(PYTORCH_SUFFIXES):
     from vclr_jax.interop.checkpoint_layouts import read_torch_weights
     from vclr_jax.interop.loading import fill_variables
@@ -193,8 +192,7 @@ def load_source(path: str) -> Source:
     return _backbone_source(name, f'{path} step {step}', model_config.depth,
                             model_config.width_multiplier, variables)
   # A fine-tuning run RUN/finetune/<name>: the architecture is its pretraining run's.
-  model_config = checkpointing.load_run_config(os.path.dirname(os.path.dirname(
-      os.path.abspath(path)))).model
+  model_config = checkpointing.load_run_config(checkpointing.absolute(path).parent.parent).model
   num_classes = variables['params']['classifier']['kernel'].shape[-1]
   return Source(f'finetune-{name}', f'{path} step {step} (fine-tuned)',
                 TSN(model_config.depth, model_config.width_multiplier, num_classes, dropout=0.0),
@@ -221,7 +219,7 @@ def evenly_spaced(num_frames: int, count: int) -> np.ndarray:
 
 def read_frames(video: str, video_index: int, count: int, short_side: int) -> np.ndarray:
   """(N, H, W, 3) uint8: ``count`` evenly spaced frames, short side resized to ``short_side``."""
-  if os.path.isdir(video):
+  if epath.Path(video).is_dir():
     from input_pipeline import records  # TensorFlow only for prepared records
     jpegs = records.video_jpegs(video, video_index)
   else:
@@ -260,14 +258,18 @@ def write_pictures(out_dir: str, frames: np.ndarray, results: list[tuple[Source,
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = epath.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+
+  def save(picture: np.ndarray, name: str):
+    with (out_dir / name).open('wb') as f:
+      Image.fromarray(picture).save(f, format='png')
+
   for k, frame in enumerate(frames):
-    Image.fromarray(frame).save(os.path.join(out_dir, f'frame_{k}.png'))
+    save(frame, f'frame_{k}.png')
     for source, maps, _ in results:
-      Image.fromarray(colourise(maps[k])).save(
-          os.path.join(out_dir, f'{source.name}_gradcam_{k}.png'))
-      Image.fromarray(overlay(frame, maps[k])).save(
-          os.path.join(out_dir, f'{source.name}_overlay_{k}.png'))
+      save(colourise(maps[k]), f'{source.name}_gradcam_{k}.png')
+      save(overlay(frame, maps[k]), f'{source.name}_overlay_{k}.png')
   rows, cols = 1 + len(results), len(frames)
   aspect = frames.shape[2] / frames.shape[1]
   figure, axes = plt.subplots(rows, cols, figsize=(2.4 * aspect * cols, 2.6 * rows),
@@ -284,10 +286,11 @@ def write_pictures(out_dir: str, frames: np.ndarray, results: list[tuple[Source,
     axis.set_xticks([])
     axis.set_yticks([])
   figure.tight_layout()
-  path = os.path.join(out_dir, GRID_FILENAME)
-  figure.savefig(path, dpi=80)
+  path = out_dir / GRID_FILENAME
+  with path.open('wb') as f:
+    figure.savefig(f, format='png', dpi=80)
   plt.close(figure)
-  return path
+  return str(path)
 
 
 def visualize(sources: list[str], video: str, out_dir: str, *, video_index: int = 0,
@@ -300,7 +303,7 @@ def visualize(sources: list[str], video: str, out_dir: str, *, video_index: int 
       source.name = f'{source.name}-{i}'
   image_size = image_size or next(
       (checkpointing.load_run_config(path).data.image_size for path in sources
-       if os.path.isfile(os.path.join(path, checkpointing.CONFIG_FILE))), DEFAULT_IMAGE_SIZE)
+       if (epath.Path(path) / checkpointing.CONFIG_FILE).is_file()), DEFAULT_IMAGE_SIZE)
   frames = read_frames(video, video_index, num_frames, image_size)
   results = []
   for source in loaded:

@@ -10,14 +10,13 @@ list is printed.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax import traverse_util
 
+from vclr_jax import checkpointing
 from vclr_jax.interop.checkpoint_layouts import read_torch_weights
 from vclr_jax.interop.loading import fill_variables
 from vclr_jax.interop.torch_layout import flatten_variables, infer_architecture
@@ -52,8 +51,8 @@ def convert(input_path: str, out_dir: str, depth: int | None = None,
   """Writes the Orbax checkpoint; returns the variables written."""
   import orbax.checkpoint as ocp
 
-  out_dir = os.path.abspath(out_dir)  # Orbax requires absolute paths.
-  if os.path.exists(out_dir):
+  out_dir = checkpointing.absolute(out_dir)
+  if out_dir.exists():
     raise FileExistsError(f'{out_dir} already exists; choose a new --out directory.')
   weights = read_torch_weights(input_path)
   if depth is None or width_multiplier is None:
@@ -74,7 +73,7 @@ def convert(input_path: str, out_dir: str, depth: int | None = None,
   state = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(out_dir, state, custom_metadata={
-      'converted_from': os.path.abspath(input_path), 'layout': weights.layout,
+      'converted_from': str(checkpointing.absolute(input_path)), 'layout': weights.layout,
       'depth': depth, 'width_multiplier': width_multiplier})
   checkpointer.wait_until_finished()
   print(f'Wrote Orbax checkpoint {out_dir} (ResNet-{depth}, width x{width_multiplier}); '
