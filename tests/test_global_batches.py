@@ -1,6 +1,5 @@
 """The batch layout's random batches and their placement as global arrays on 8 devices."""
 
-import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
