@@ -53,7 +53,9 @@ def config():
 
 
 # The longest files first: with --dist loadfile each file runs on one worker, and a long file
-# scheduled last leaves the other worker idle (seconds, 2 workers, 2026-12-04).
+# scheduled last leaves the other worker idle (seconds, 2 workers, 2026-12-04). pytest-xdist
+# would otherwise order the files by their number of tests, which put the one-test
+# test_multiprocess.py last.
 LONGEST_FILES = ('test_train_step.py',  # ~450 in several tests
                  'test_multiprocess.py',  # 378, two processes
                  'test_bn_batching.py',  # ~230
@@ -62,6 +64,11 @@ LONGEST_FILES = ('test_train_step.py',  # ~450 in several tests
                  'test_eval_end_to_end.py',  # ~195
                  'test_divergence.py',  # 192
                  'test_checkpointing.py')  # ~170
+
+
+def pytest_configure(config):
+  if hasattr(config.option, 'loadscopereorder'):  # pytest-xdist's --no-loadscope-reorder
+    config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items):
