@@ -16,7 +16,7 @@ it measures in one run:
 - a PIL + torchvision loader doing the MoCo v2 work of the authors' code per video (six frame
   files decoded, seven crops with RandomResizedCrop, ColorJitter, RandomGrayscale, blur,
   flip, ToTensor, Normalize), one process, when the frame folders are at hand;
-- placement of in-memory uint8 batches as global arrays (jax.make_array_from_process_local_data).
+- placement of in-memory uint8 batches as global arrays (vclr_jax.global_batches.to_global).
 Its last line is ``host videos/s per core: X (floor Y, ratio Z)``.
 
 ``--placement_only`` times the last item alone, on random batches of ``--frame_size``, and

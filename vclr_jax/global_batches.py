@@ -1,7 +1,8 @@
 """Per-host NumPy batches in, global jax.Arrays sharded over the data axis out, prefetched.
 
 Every host passes its own slice of the global batch; ``jax.make_array_from_process_local_data``
-stitches the slices of all hosts into one array sharded over the mesh's ``data`` axis, so
+stitches the slices of all hosts into one array sharded over the mesh's ``data`` axis (a
+single process places its batch with ``jax.device_put``), so
 the same code runs on one CPU, one GPU, 8 devices or a pod. A background thread keeps a few
 batches on the devices ahead of the train step, overlapping host-to-device copies with
 compute.
@@ -21,9 +22,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 def to_global(host_batch: dict[str, np.ndarray], mesh: Mesh, axis: str = 'data') -> dict[str, jax.Array]:
   sharding = NamedSharding(mesh, P(axis))
   if jax.process_count() == 1:
-    # The whole batch is this process's. device_put queues its copies; on an H200,
-    # make_array_from_process_local_data placed 906 K400 videos/s queued (the step runs 1,160),
-    # device_put 14,030 (benchmarks/input_pipeline.py --placement_only).
+    # The whole batch is this process's. device_put queues its copies: on an H200, with
+    # placements queued as in prefetch_to_mesh, make_array_from_process_local_data placed
+    # 906 K400 videos/s (the train step runs 1,160), device_put 14,030 (README, Benchmarks).
     return jax.device_put(host_batch, sharding)
   return {name: jax.make_array_from_process_local_data(sharding, value)
           for name, value in host_batch.items()}
