@@ -178,7 +178,6 @@ def test_colour_ops_apply_as_drawn():
   assert checked == {'jitter', 'gray', 'blur', 'flip'}
 
 
-
 def test_float32_crops_when_jax_runs_with_x64():
   """Under jax_enable_x64 the drawn factors are float64; the crops stay float32, as drawn."""
   image = jnp.asarray(natural_image(60, 80, seed=3))
@@ -190,6 +189,7 @@ def test_float32_crops_when_jax_runs_with_x64():
   assert params['jitter'].any()
   as_float32 = jax.tree.map(lambda v: v.astype(np.float32) if v.dtype == np.float64 else v, params)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(crop(as_float32)))
+
 
 def _views(num_devices, batch):
   mesh = train_step.make_mesh(jax.devices()[:num_devices])
