@@ -299,9 +299,10 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, le
     grad_norm = optax.tree.norm(grads)
     # Finite loss and gradient can still overflow the weights (a huge learning rate);
     # such weights would make every later step non-finite, so they are not kept either.
-    new_weights = (params, batch_stats, ema_params, ema_batch_stats)
-    finite = (jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
-              & jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(new_weights)])))
+    # One reduction over everything: per-leaf tests joined by `&` made XLA copy the chain of
+    # 155 tests into each of the ~440 selects below (CPU compile 25 s instead of 11 s).
+    checked = (metrics['loss'], grad_norm, params, batch_stats, ema_params, ema_batch_stats)
+    finite = jnp.isfinite(jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(checked)])).all()
     updated = state.replace(
         params=params, batch_stats=batch_stats, ema_params=ema_params,
         ema_batch_stats=ema_batch_stats, opt_state=opt_state,
