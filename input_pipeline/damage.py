@@ -1,10 +1,8 @@
 """Damaged records: what the readers skip, how they name it, and when they give up.
 
 A K400 copy always holds some broken files, and shared storage truncates or garbles a shard now
-and then. The readers mark every example with a status instead of failing
-(training readers drop an example they cannot make, and ``RealignedBatches`` puts it back in
-its row with its status; see record_stream); ``SkippingBatches`` then, on the host, in batch
-order:
+and then. The readers mark every example with a status instead of failing (see
+record_stream.skip_damaged); ``SkippingBatches`` then, on the host, in batch order:
 
 - warns once per damaged video, naming the shard file, the record's position in it and why;
 - counts every skipped example (``skipped_examples``, shown in the training log and TensorBoard);
@@ -49,57 +47,6 @@ TRACE_KEYS = ('status', 'shard', 'record')  # per-example fields the readers add
 
 class DamagedDataError(RuntimeError):
   """More damaged videos than config.data.max_skipped_fraction allows; names the shards."""
-
-
-class RealignedBatches:
-  """Batches of consecutive stream positions, the examples the reader dropped put back.
-
-  A training reader drops an example it could not make (tf.data's ``ignore_errors``:
-  record_stream.batched_examples) and ships every kept example's stream position in
-  'position'. Batch k holds positions ``first_position + k * batch_size`` onwards, so a
-  damaged video never shifts later batches. A dropped example's row is zeros with the status,
-  shard and record the reader noted in ``trace`` when it read the example (UNDECODABLE where
-  that status was OK); SkippingBatches names and fills it. Without drops a batch passes
-  through uncopied; after one, the reader's batches straddle this iterator's, and each batch
-  is copied once (np.concatenate).
-  """
-
-  def __init__(self, batches: Iterator[dict[str, np.ndarray]], *, batch_size: int,
-               first_position: int, trace: dict[int, tuple[int, int, int]]):
-    self._batches = batches
-    self._batch_size = batch_size
-    self._next_position = first_position
-    self._trace = trace
-    self._pending: dict[str, np.ndarray] | None = None  # kept rows not yet yielded
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    start, end = self._next_position, self._next_position + self._batch_size
-    # Positions increase, so the rows of this batch are in once a row at end - 1 or later is.
-    while self._pending is None or self._pending['position'][-1] < end - 1:
-      incoming = next(self._batches)
-      self._pending = incoming if self._pending is None else {
-          name: np.concatenate([self._pending[name], incoming[name]]) for name in incoming}
-    rows = int(np.searchsorted(self._pending['position'], end))
-    kept = {name: value[:rows] for name, value in self._pending.items()}
-    rest = {name: value[rows:] for name, value in self._pending.items()}
-    self._pending = rest if len(rest['position']) else None
-    self._next_position = end
-    noted = [self._trace.pop(position, None) for position in range(start, end)]
-    offsets = kept.pop('position') - start
-    if rows == self._batch_size:
-      return kept
-    batch = {name: np.zeros((self._batch_size,) + value.shape[1:], value.dtype)
-             for name, value in kept.items()}
-    for name, value in kept.items():
-      batch[name][offsets] = value
-    for row in np.setdiff1d(np.arange(self._batch_size), offsets):
-      status, shard, record = noted[row]
-      batch['status'][row] = UNDECODABLE if status == OK else status
-      batch['shard'][row], batch['record'][row] = shard, record
-    return batch
 
 
 class SkippingBatches:

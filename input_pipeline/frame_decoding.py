@@ -26,7 +26,7 @@ JPEG_START = b'\xff\xd8'  # SOI marker: every JPEG starts with it
 def checked_jpegs(jpegs):
   """``jpegs`` once each starts like a JPEG; fails otherwise (before libjpeg sees the bytes,
   which would print a dozen lines per bad frame). Readers skip an example that fails
-  (input_pipeline/damage.py)."""
+  (record_stream.skip_damaged)."""
   starts = tf.strings.substr(jpegs, 0, len(JPEG_START)) == JPEG_START
   check = tf.debugging.assert_equal(tf.reduce_all(starts), True, message='not a JPEG')
   with tf.control_dependencies([check]):

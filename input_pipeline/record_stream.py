@@ -100,19 +100,6 @@ def shard_records(shards: list[dict]) -> Callable[[tf.Tensor], tf.data.Dataset]:
   return records_of
 
 
-def _trace(element, status):
-  return {'status': tf.cast(status, tf.int32), 'shard': element['shard'],
-          'record': element['record']}
-
-
-def _attempt(element, make: Callable[[dict], dict]) -> dict:
-  """``make(element)`` with the trace keys; raises, decoding nothing, if the status is not OK."""
-  checked = tf.debugging.assert_equal(element['status'], damage.OK)
-  with tf.control_dependencies([checked]):  # nothing of a damaged element is decoded
-    element = tf.nest.map_structure(tf.identity, element)
-  return dict(make(element), **_trace(element, damage.OK))
-
-
 def skip_damaged(dataset: tf.data.Dataset, make: Callable[[dict], dict],
                  placeholder: Callable[[], dict], threads: int) -> tf.data.Dataset:
   """``make`` applied to each element, in order, never failing.
@@ -121,16 +108,22 @@ def skip_damaged(dataset: tf.data.Dataset, make: Callable[[dict], dict],
   status is OK; when it raises (a JPEG libjpeg cannot decode, a record that does not parse),
   or the status was already bad, the output is ``placeholder()`` instead. Outputs carry the
   trace keys, the status updated (damage.UNDECODABLE for a failed make).
-
-  Each element runs in a dataset of its own, which costs about a third of the training
-  reader's time; batched_examples drops failed elements instead and puts them back on the
-  host (damage.RealignedBatches). The evaluation reader and verify keep this simpler form.
   """
 
+  def trace(element, status):
+    return {'status': tf.cast(status, tf.int32), 'shard': element['shard'],
+            'record': element['record']}
+
+  def attempt(element):
+    checked = tf.debugging.assert_equal(element['status'], damage.OK)
+    with tf.control_dependencies([checked]):  # nothing of a damaged element is decoded
+      element = tf.nest.map_structure(tf.identity, element)
+    return dict(make(element), **trace(element, damage.OK))
+
   def one(element):
-    made = tf.data.Dataset.from_tensors(element).map(lambda e: _attempt(e, make)).ignore_errors()
+    made = tf.data.Dataset.from_tensors(element).map(attempt).ignore_errors()
     status = tf.where(element['status'] == damage.OK, damage.UNDECODABLE, element['status'])
-    instead = tf.data.Dataset.from_tensors(dict(placeholder(), **_trace(element, status)))
+    instead = tf.data.Dataset.from_tensors(dict(placeholder(), **trace(element, status)))
     return made.concatenate(instead).take(1)
 
   # Every inner dataset yields one element, so the deterministic interleave keeps the order.
@@ -202,53 +195,33 @@ def example_stream(shards: list[dict], *, seed: int, process_index: int, start_e
 
 def batched_examples(records_dir: str, split: str, *,
                      read: Callable[[dict, tf.Tensor], dict], make: Callable[[dict], dict],
-                     batch_size: int, seed: int, start_step: int, process_index: int | None,
-                     process_count: int | None, options: ReaderOptions,
+                     placeholder: Callable[[], dict], batch_size: int, seed: int,
+                     start_step: int, process_index: int | None, process_count: int | None,
+                     options: ReaderOptions,
                      shard_elements_of: Callable[[list[dict]], Callable] | None = None
                      ) -> damage.SkippingBatches:
   """Endless per-host NumPy batches of ``make(read(element, example_seed))``.
 
   The element is shard_records' dict, or, with ``shard_elements_of``, what the function it
   returns for this host's shards yields (see example_stream). ``read`` must not fail (it
-  returns the trace keys of damage.py); ``make`` may, and runs only on examples whose status
-  is OK. An example that is not made leaves the tf.data stream; the host puts it back in its
-  row as a damaged example (damage.RealignedBatches), then skips, names and fills it
-  (damage.SkippingBatches). Batch ``start_step`` of the run that started at 0 comes first
-  (see the module docstring).
+  returns the trace keys of damage.py); ``make`` may: see skip_damaged and
+  damage.SkippingBatches. Batch ``start_step`` of the run that started at 0 comes first (see
+  the module docstring).
   """
   if batch_size <= 0 or start_step < 0:
     raise ValueError(f'batch_size={batch_size} must be positive and start_step={start_step} '
                      'non-negative.')
   shards, process_index, _ = host_shards(records_dir, split, process_index, process_count)
-  first_position = start_step * batch_size
   stream = example_stream(shards, seed=seed, process_index=process_index,
-                          start_example=first_position, options=options,
+                          start_example=start_step * batch_size, options=options,
                           shard_elements=shard_elements_of(shards) if shard_elements_of else None)
-  trace: dict[int, tuple[int, int, int]] = {}  # position -> (status, shard, record) when read
-
-  def note(position, status, shard, record):
-    trace[int(position)] = (int(status), int(shard), int(record))
-    return position
-
-  def read_and_note(position, seeded):
-    example = read(seeded[1], seeded[0])
-    noted = tf.py_function(note, [position, example['status'], example['shard'],
-                                  example['record']], tf.int64)
-    return dict(example, position=tf.ensure_shape(noted, []))
-
-  def attempt(example):
-    return dict(_attempt(example, make), position=example['position'])
-
-  batches = (stream.enumerate(first_position)
-             .map(read_and_note, num_parallel_calls=options.threads, deterministic=True)
-             .map(attempt, num_parallel_calls=options.threads, deterministic=True)
-             .ignore_errors()  # drops what was not made; RealignedBatches puts it back
+  examples = stream.map(lambda example_seed, element: read(element, example_seed),
+                        num_parallel_calls=options.threads, deterministic=True)
+  batches = (skip_damaged(examples, make, placeholder, options.threads)
              .batch(batch_size, drop_remainder=True)
              .prefetch(options.prefetch)
              .as_numpy_iterator())
   return damage.SkippingBatches(
-      damage.RealignedBatches(batches, batch_size=batch_size, first_position=first_position,
-                              trace=trace),
-      [shard['path'] for shard in shards],
+      batches, [shard['path'] for shard in shards],
       split_videos=records.read_index(records_dir, split)['num_videos'],
       max_skipped_fraction=options.max_skipped_fraction, fill=True)

@@ -72,6 +72,14 @@ def decode_example(element, frame_size: tuple[int, int]):
           **{name: element[name] for name in LABEL_FIELDS}}
 
 
+def placeholder_example(frame_size: tuple[int, int]):
+  """Fields of a skipped example (its row is refilled on the host: damage.SkippingBatches)."""
+  return {'frames': tf.zeros((batch_layout.NUM_FRAMES,) + frame_size + (3,), tf.uint8),
+          'anchor': tf.constant(0), 'order_label': tf.constant(0),
+          'query_perm': tf.constant(batch_layout.IDENTITY),
+          'key_perm': tf.constant(batch_layout.IDENTITY)}
+
+
 def make_train_iterator(records_dir: str, split: str, *, batch_size: int,
                         frame_size: tuple[int, int], seed: int, start_step: int = 0,
                         process_index: int | None = None, process_count: int | None = None,
@@ -112,5 +120,6 @@ def make_train_iterator(records_dir: str, split: str, *, batch_size: int,
   return record_stream.batched_examples(
       records_dir, split, read=lambda element, seed: readers[0].read(element, seed),
       make=lambda element: decode_example(element, frame_size),
+      placeholder=lambda: placeholder_example(frame_size),
       batch_size=batch_size, seed=seed, start_step=start_step, process_index=process_index,
       process_count=process_count, options=options, shard_elements_of=shard_elements_of)

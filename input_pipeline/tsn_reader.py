@@ -56,5 +56,7 @@ def make_tsn_train_iterator(records_dir: str, split: str, *, batch_size: int,
       read=lambda element, example_seed: dict(element, example_seed=example_seed),
       make=lambda element: make_tsn_example(element['serialized'], element['example_seed'],
                                             num_segments, frame_size),
+      placeholder=lambda: {'frames': tf.zeros((num_segments,) + frame_size + (3,), tf.uint8),
+                           'label': tf.constant(0), 'video_index': tf.constant(0)},
       batch_size=batch_size, seed=seed, start_step=start_step, process_index=process_index,
       process_count=process_count, options=options)

@@ -192,47 +192,6 @@ def test_too_much_damage_stops_and_lists_the_shards():
     next(all_bad)
 
 
-def test_realigned_batches_put_dropped_examples_back_in_their_rows():
-  # Stream positions 10..25 in batches of 4; the reader dropped 12 (undecodable), 13 (read as
-  # unreadable) and 16-19 (four in a row), so 10 kept examples arrive in batches of 4.
-  batch_size, first = 4, 10
-  dropped = {12: damage.OK, 13: damage.UNREADABLE, 16: damage.OK, 17: damage.OK,
-             18: damage.CHECKSUM, 19: damage.OK}
-  positions = [p for p in range(first, first + 16) if p not in dropped]
-  trace = {p: (dropped.get(p, damage.OK), p % 3, p * 10) for p in range(first, first + 16)}
-
-  def kept_batches():
-    for i in range(0, len(positions) - batch_size + 1, batch_size):
-      rows = np.asarray(positions[i:i + batch_size])
-      yield {'frames': np.stack([np.full((2, 2), p, np.uint8) for p in rows]),
-             'position': rows, 'status': np.zeros(batch_size, np.int32),
-             'shard': (rows % 3).astype(np.int32), 'record': (rows * 10).astype(np.int32)}
-
-  realigned = damage.RealignedBatches(kept_batches(), batch_size=batch_size,
-                                      first_position=first, trace=trace)
-  for start in range(first, first + 12, batch_size):  # the kept rows cover 3 batches
-    got = next(realigned)
-    assert set(got) == {'frames', 'status', 'shard', 'record'}
-    for row, position in enumerate(range(start, start + batch_size)):
-      want_status = (damage.UNDECODABLE if dropped[position] == damage.OK
-                     else dropped[position]) if position in dropped else damage.OK
-      assert got['status'][row] == want_status, position
-      assert (got['shard'][row], got['record'][row]) == (position % 3, position * 10)
-      want_pixel = 0 if position in dropped else position
-      assert (got['frames'][row] == want_pixel).all(), position
-  assert all(p >= first + 12 for p in trace)  # noted positions are released once yielded
-
-  # Nothing dropped: every batch passes through uncopied (the reader's arrays are 1.5 MB per
-  # K400 example).
-  clean = [{'frames': np.zeros((batch_size, 2, 2), np.uint8), 'status': np.zeros(batch_size),
-            'shard': np.zeros(batch_size), 'record': np.zeros(batch_size),
-            'position': np.arange(batch_size) + k * batch_size} for k in range(3)]
-  passed = damage.RealignedBatches(iter(clean), batch_size=batch_size, first_position=0,
-                                   trace={})
-  for batch in clean:
-    assert np.shares_memory(next(passed)['frames'], batch['frames'])
-
-
 def test_verify_flags_the_damaged_shards(damaged, capsys):
   assert verify.main([f'--records={damaged}', '--split=train']) == 1
   table = capsys.readouterr().out
