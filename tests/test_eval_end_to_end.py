@@ -3,6 +3,7 @@ fine-tuning beats chance and a resumed run ends where an uninterrupted one does.
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -86,32 +87,39 @@ def _finetune_config(records_dir, name, num_epochs):
   return config
 
 
-def _final_params(run_dir, name):
-  out = finetune.finetune_dir(run_dir, name)
-  variables, step = checkpointing.load_encoder_variables(out)
-  return variables['params'], step
-
-
 def test_tsn_finetune_beats_chance_and_resumes(records_dir, run_dir):
   # 36 training videos, batch 8: 4 steps per epoch; 12 test videos, chance 1/4.
-  metrics = finetune.run_finetune(_finetune_config(records_dir, 'straight', 40), run_dir,
-                                  log=quiet)
+  straight = _finetune_config(records_dir, 'straight', 40)
+  straight.checkpoint.every_steps = 20
+  straight.checkpoint.keep_every_steps = 20  # all kept: steps 60 and 100 are used below
+  metrics = finetune.run_finetune(straight, run_dir, log=quiet)
   assert metrics['top1'] > 1 / NUM_CLASSES, metrics
-  assert os.path.exists(os.path.join(finetune.finetune_dir(run_dir, 'straight'), 'curves.png'))
+  straight_dir = finetune.finetune_dir(run_dir, 'straight')
+  assert os.path.exists(os.path.join(straight_dir, 'curves.png'))
   # 36 videos are too few for a from-scratch network to generalise far; on the videos it saw,
   # through the same test protocol, it must be clearly right. The finished run resumes at
   # its last step, so this only tests.
   seen = _finetune_config(records_dir, 'straight', 40)
   seen.data.test_split = 'train'
   assert finetune.run_finetune(seen, run_dir, log=quiet)['top1'] >= 0.75
-  # Stopped after 15 epochs (the step decay still ahead), then continued to 40.
-  finetune.run_finetune(_finetune_config(records_dir, 'interrupted', 15), run_dir, log=quiet)
+  # A run killed right after its save at step 60 (epoch 15, the step decay still ahead): its
+  # checkpoints are the straight run's up to there. Resumed to epoch 25, it must end where the
+  # straight run was at step 100.
+  interrupted_checkpoints = os.path.join(finetune.finetune_dir(run_dir, 'interrupted'),
+                                         checkpointing.CHECKPOINT_DIR)
+  shutil.copytree(os.path.join(straight_dir, checkpointing.CHECKPOINT_DIR, '60'),
+                  os.path.join(interrupted_checkpoints, '60'))
   lines = []
-  finetune.run_finetune(_finetune_config(records_dir, 'interrupted', 40), run_dir,
+  finetune.run_finetune(_finetune_config(records_dir, 'interrupted', 25), run_dir,
                         log=lines.append)
   assert any('Resumed fine-tuning' in line and 'step 60' in line for line in lines)
-  straight, straight_step = _final_params(run_dir, 'straight')
-  resumed, resumed_step = _final_params(run_dir, 'interrupted')
-  assert straight_step == resumed_step == 160
+  straight_params, straight_step = _params(straight_dir, 100)
+  resumed, resumed_step = _params(finetune.finetune_dir(run_dir, 'interrupted'), None)
+  assert straight_step == resumed_step == 100
   # The same process, the same compiled step and the same batches: bit for bit.
-  jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+  jax.tree.map(np.testing.assert_array_equal, straight_params, resumed)
+
+
+def _params(finetune_dir, step):
+  variables, step = checkpointing.load_encoder_variables(finetune_dir, step)
+  return variables['params'], step

@@ -2,7 +2,7 @@
 
 Each process reads its own shards. A SIGTERM sent to one of them stops both at the same step
 with one checkpoint; rerunning both resumes from it; the final state equals one process with
-4 devices trained on the same global batches (float64, so the comparison is tight).
+4 devices trained on the same global batches (to float32 rounding of the all-reduces).
 """
 
 import os
@@ -35,7 +35,7 @@ STOP_LINE = re.compile(r'received: every host saves step (\d+)')
 OVERRIDES = {
     'batch_size': BATCH, 'queue_size': 32, 'num_epochs': EPOCHS, 'log_every_steps': 1,
     'checkpoint.every_steps': 1000, 'model.depth': 10, 'model.width_multiplier': 0.125,
-    'model.compute_dtype': 'float64', 'data.image_size': 80, 'optim.warmup_epochs': 1,
+    'data.image_size': 80, 'optim.warmup_epochs': 1,
     'model.shuffle_bn_groups_per_device': 0,
 }
 
@@ -72,7 +72,7 @@ def launch_pair(workdir, records_dir, logs_dir, round_name):
   # other, still compiling, missed gloo's 30 s deadline at the first collective.
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count=2 {FAST_COMPILE_FLAGS}',
              JAX_COMPILATION_CACHE_DIR='',
-             JAX_ENABLE_X64='1', PYTHONUNBUFFERED='1')
+             PYTHONUNBUFFERED='1')
   processes, logs = [], []
   for process_id in range(2):
     log_path = logs_dir / f'{round_name}_{process_id}.log'
@@ -146,17 +146,22 @@ def test_two_processes_stop_together_resume_and_equal_one_process(records_dir, t
     assert f'at step {stopped_at}' in output and 'Resumed from' in output, output[-3000:]
   assert saved_steps(workdir) == [0, stopped_at, total_steps]
 
-  with jax.enable_x64(True):
-    config = config_for(records_dir)
-    on_devices = reference_state(config, num_videos, total_steps)
-    manager = checkpointing.make_manager(str(workdir), config.checkpoint)
-    restored = jax.device_get(checkpointing.restore_latest(manager, on_devices))
-    expected = jax.device_get(on_devices)
+  config = config_for(records_dir)
+  on_devices = reference_state(config, num_videos, total_steps)
+  manager = checkpointing.make_manager(str(workdir), config.checkpoint)
+  restored = jax.device_get(checkpointing.restore_latest(manager, on_devices))
+  expected = jax.device_get(on_devices)
   assert int(restored.step) == total_steps
   leaves = jax.tree_util.tree_leaves_with_path(expected)
   got = dict(jax.tree_util.tree_leaves_with_path(restored))
   for path, value in leaves:
-    # Float64: the processes' gloo all-reduce and one process's reduction differ only by
-    # the order of additions (~1e-16 relative per operation).
-    np.testing.assert_allclose(got[path], value, rtol=1e-9, atol=1e-12,
-                               err_msg=jax.tree_util.keystr(path))
+    name = jax.tree_util.keystr(path)
+    if value.dtype.kind != 'f':
+      np.testing.assert_array_equal(got[path], value, err_msg=name)
+      continue
+    # Gloo's all-reduce across the two processes and one process's reduction add in another
+    # order: float32 rounding, measured at most 2.3e-6 of a leaf's largest value after 8 steps.
+    # Another batch, or a lost device, moves the momentum buffers (gradients) and the queues
+    # (keys) by their whole size.
+    scale = float(np.max(np.abs(value))) if value.size else 0.0
+    assert float(np.max(np.abs(got[path] - value), initial=0.0)) <= 1e-4 * scale, name
