@@ -53,17 +53,19 @@ def config():
 
 
 # The longest files first: with --dist loadfile each file runs on one worker, and a long file
-# scheduled last leaves the other worker idle (seconds, 2 workers, 2026-12-04). pytest-xdist
-# would otherwise order the files by their number of tests, which put the one-test
-# test_multiprocess.py last.
-LONGEST_FILES = ('test_train_step.py',  # ~450 in several tests
-                 'test_multiprocess.py',  # 378, two processes
-                 'test_bn_batching.py',  # ~230
-                 'test_input_damage.py',  # ~220
-                 'test_main.py',  # 197
-                 'test_eval_end_to_end.py',  # ~195
-                 'test_divergence.py',  # 192
-                 'test_checkpointing.py')  # ~170
+# scheduled last leaves the other worker idle (seconds in the suite, 2 workers, 2026-12-04).
+# pytest-xdist would otherwise order the files by their number of tests, which put the
+# one-test test_multiprocess.py last.
+LONGEST_FILES = ('test_train_step.py',  # ~420 in several tests
+                 'test_multiprocess.py',  # 381, two processes
+                 'test_main.py',  # 257
+                 'test_bn_batching.py',  # ~200
+                 'test_eval_end_to_end.py',  # ~190
+                 'test_divergence.py',  # 150
+                 'test_input_damage.py',  # ~130
+                 'test_checkpointing.py',  # ~100
+                 'test_gcs_run.py',  # ~90
+                 'test_requirements.py')  # ~80, waiting for the package index
 
 
 def pytest_configure(config):

@@ -6,7 +6,7 @@ TensorFlow's in-memory filesystem (ram://) stands in for gs://: the fixture regi
 scheme with etils.epath on its TensorFlow backend, the backend epath uses for gs:// whenever
 TensorFlow is installed. Orbax's array data cannot go there (its TensorStore spec uses the
 local 'file' driver for every scheme but gs://; docs/reliability.md), so the checkpoint itself
-is not written to ram://.
+is not written to ram://; tests/test_gcs_run.py writes one to an emulated gs:// bucket.
 """
 
 import json
