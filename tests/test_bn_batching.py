@@ -41,7 +41,7 @@ def running_stats(batch_stats, bn_batches):
 def test_first_bn_layer_normalises_the_expected_batches(num_devices, key_bn, bn_batching):
   with jax.enable_x64(True):
     config = tiny_config(**{
-        'model.compute_dtype': 'float64', 'model.key_bn': key_bn, 'batch_size': 16,
+        'model.compute_dtype': 'float64', 'model.key_bn': key_bn, 'batch_size': 8,
         'model.online_bn': 'per_device', 'model.bn_batching': bn_batching,
         # One group per device: the shuffle's permutation then cannot change a BN batch.
         'model.shuffle_bn_groups_per_device': 1})
