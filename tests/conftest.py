@@ -22,9 +22,12 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache_dir
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(TESTS_DIR))
 
 import pytest  # noqa: E402
+
+import pip_dry_runs  # noqa: E402
 
 from configs import demo  # noqa: E402
 
@@ -64,13 +67,26 @@ LONGEST_FILES = ('test_train_step.py',  # ~420 in several tests
                  'test_divergence.py',  # 150
                  'test_input_damage.py',  # ~130
                  'test_checkpointing.py',  # ~100
-                 'test_gcs_run.py',  # ~90
-                 'test_requirements.py')  # ~80, waiting for the package index
+                 'test_gcs_run.py')  # ~90
 
 
 def pytest_configure(config):
   if hasattr(config.option, 'loadscopereorder'):  # pytest-xdist's --no-loadscope-reorder
     config.option.loadscopereorder = False
+  # In the controlling process (or a run without workers), before the workers start: they
+  # inherit the variable that says where the pip resolutions write.
+  if not hasattr(config, 'workerinput') and pip_dry_runs.ENV_VAR not in os.environ:
+    if any(_runs_requirements_test(arg) for arg in config.args):
+      out_dir = tempfile.mkdtemp(prefix='vclr_jax_pip_dry_runs_')
+      atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
+      os.environ[pip_dry_runs.ENV_VAR] = out_dir
+      pip_dry_runs.start(out_dir)
+
+
+def _runs_requirements_test(arg):
+  path = os.path.abspath(arg.split('::')[0])
+  requirements_test = os.path.join(TESTS_DIR, 'test_requirements.py')
+  return requirements_test == path or requirements_test.startswith(path + os.sep)
 
 
 def pytest_collection_modifyitems(items):
