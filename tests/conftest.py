@@ -3,6 +3,7 @@
 import atexit
 import os
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -48,6 +49,13 @@ def tiny_config(**overrides):
   config.model.shuffle_bn_groups_per_device = 2
   config.update_from_flattened_dict(overrides)
   return config
+
+
+def free_port():
+  """A TCP port free on loopback now (for a coordinator or an emulator a test starts)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import time
 import pytest
 from gcsfs.core import GCSFileSystem  # not gcsfs' default class: see emulator_env
 
-from conftest import FAST_COMPILE_FLAGS
+from conftest import FAST_COMPILE_FLAGS, free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = 'vclr-test'
@@ -28,12 +28,6 @@ FLAGS = [
     '--config.model.shuffle_bn_groups_per_device=2', '--config.optim.warmup_epochs=1',
     '--config.log_every_steps=1', '--config.checkpoint.every_steps=2',
 ]
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -7,17 +7,12 @@ past config.data.max_skipped_fraction.
 
 import os
 import re
-import socket
 import subprocess
 import sys
 
+from conftest import free_port
+
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'loop_stop_worker.py')
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def test_input_error_on_one_host_stops_every_host_at_one_saved_step(tmp_path):

@@ -8,7 +8,6 @@ with one checkpoint; rerunning both resumes from it; the final state equals one 
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import FAST_COMPILE_FLAGS, tiny_config
+from conftest import FAST_COMPILE_FLAGS, free_port, tiny_config
 from input_pipeline import record_stream
 from input_pipeline import records
 from input_pipeline import synthetic
@@ -45,12 +44,6 @@ def records_dir(tmp_path_factory):
   # 16 training videos in 4 shards: 2 shards per process, 2 steps per epoch.
   return synthetic.prepare_synthetic(str(tmp_path_factory.mktemp('synthetic')), num_classes=4,
                                      videos_per_class=6, videos_per_shard=4)
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def config_for(records_dir):
