@@ -33,9 +33,10 @@ FLAGS = [
 @pytest.fixture
 def emulator(tmp_path):
   port = free_port()
-  server = subprocess.Popen(
-      [sys.executable, os.path.join(REPO, 'tests', 'gcs_emulator.py'), str(port), BUCKET],
-      stdout=subprocess.DEVNULL, stderr=open(tmp_path / 'emulator.log', 'w'))
+  with open(tmp_path / 'emulator.log', 'w') as log:  # the child keeps its own descriptor
+    server = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, 'tests', 'gcs_emulator.py'), str(port), BUCKET],
+        stdout=subprocess.DEVNULL, stderr=log)
   deadline = time.time() + 60
   while True:
     try:

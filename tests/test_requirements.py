@@ -2,7 +2,6 @@
 
 import os
 import re
-import tempfile
 
 import pytest
 
@@ -22,11 +21,11 @@ def pins(path):
 
 
 @pytest.fixture(scope='module')
-def dry_runs_dir():
+def dry_runs_dir(tmp_path_factory):
   """Where the session's resolutions write (tests/conftest.py starts them), or new ones."""
   if pip_dry_runs.ENV_VAR in os.environ:
     return os.environ[pip_dry_runs.ENV_VAR]
-  out_dir = tempfile.mkdtemp(prefix='vclr_jax_pip_dry_runs_')
+  out_dir = str(tmp_path_factory.mktemp('pip_dry_runs'))
   pip_dry_runs.start(out_dir)
   return out_dir
 
