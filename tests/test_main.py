@@ -1,9 +1,7 @@
-"""End to end: python -m vclr_jax.main learns, stops cleanly on SIGTERM, reports a full disk in
-one message, and resumes."""
+"""End to end: python -m vclr_jax.main learns, reports a full disk in one message, and resumes."""
 
 import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -16,9 +14,9 @@ TINY_FLAGS = [
     '--config=configs/demo.py',
     '--config.data.source=in_memory', '--config.data.in_memory_videos=32',
     '--config.data.image_size=80', '--config.batch_size=16', '--config.queue_size=64',
-    '--config.model.depth=10', '--config.model.width_multiplier=0.125', '--config.num_epochs=30',
+    '--config.model.depth=10', '--config.model.width_multiplier=0.125', '--config.num_epochs=20',
     '--config.optim.warmup_epochs=1', '--config.optim.base_lr=1.6',
-    '--config.log_every_steps=5', '--config.checkpoint.every_steps=20',
+    '--config.log_every_steps=5', '--config.checkpoint.every_steps=10',
     # Crops and flips only (the drifting textures' identity is their colour), set from the CLI.
     '--config.data.augment.jitter_probability=0', '--config.data.augment.grayscale_probability=0',
     '--config.data.augment.blur_probability=0',
@@ -40,46 +38,36 @@ def step_folders(workdir):
   return sorted(int(name) for name in os.listdir(workdir / 'checkpoints') if name.isdigit())
 
 
-def test_main_learns_stops_on_sigterm_survives_a_full_disk_and_resumes(tmp_path):
+def test_main_learns_survives_a_full_disk_and_resumes(tmp_path):
+  # The disk fills up at step 21: checkpoints 10 and 20 are written, the one of step 30 fails
+  # in the background and the run learns of it at its next save (the last, step 40). One
+  # message, exit 1, nothing lost. (A SIGTERM's clean stop is in test_multiprocess.py.)
   workdir = tmp_path / 'run'
-  first = launch(workdir)
-  losses, output = {}, []
-  for line in first.stdout:
-    output.append(line)
-    match = LOG_LINE.search(line)
-    if match:
-      losses[int(match[1])] = float(match[3])
-      if int(match[1]) == 30:
-        first.send_signal(signal.SIGTERM)
-  assert first.wait() == 0, ''.join(output[-30:])
-  stopped_at = max(losses)
-  assert 30 <= stopped_at < 60, ''.join(output[-30:])
-  assert any('SIGTERM received' in line for line in output)
-  saved = step_folders(workdir)
-  assert saved[-1] >= stopped_at
-  # Orbax's per-save INFO lines are filtered out of the log (vclr_jax/quiet_logs.py).
-  assert not any(line.startswith('I') and 'checkpoint_manager.py' in line for line in output)
-
-  # The disk fills up: every later checkpoint fails. One message, exit 1, nothing lost.
-  full = launch(workdir, disk_full_from_step=saved[-1] + 1)
+  full = launch(workdir, disk_full_from_step=21)
   full_output, _ = full.communicate()
   assert full.returncode == 1, full_output[-3000:]
+  losses = {int(m[1]): float(m[3]) for m in LOG_LINE.finditer(full_output)}
+  assert 30 <= max(losses) <= 40, full_output[-3000:]
   assert 'Traceback' not in full_output, full_output[-3000:]
   assert sum('No space left on device' in line for line in full_output.splitlines()) == 1
   last_lines = full_output.strip().splitlines()[-3:]
-  assert f'Checkpoint {saved[-1]} ' in last_lines[1] and 'is intact' in last_lines[1]
+  assert 'Checkpoint 20 ' in last_lines[1] and 'is intact' in last_lines[1], last_lines
   assert last_lines[-1] == f'{workdir}: free space and rerun to resume.', last_lines
-  assert step_folders(workdir) == saved
+  assert step_folders(workdir) == [0, 10, 20]
+  # Orbax's per-save INFO lines are filtered out of the log (vclr_jax/quiet_logs.py).
+  assert not any(line.startswith('I') and 'checkpoint_manager.py' in line
+                 for line in full_output.splitlines())
 
   second = launch(workdir)  # space freed
-  output2, _ = second.communicate()
-  assert second.returncode == 0, output2[-3000:]
-  assert 'Resumed from' in output2 and f'at step {saved[-1]}' in output2
-  for match in LOG_LINE.finditer(output2):
+  output, _ = second.communicate()
+  assert second.returncode == 0, output[-3000:]
+  assert 'Resumed from' in output and 'at step 20' in output, output[-3000:]
+  for match in LOG_LINE.finditer(output):
     losses[int(match[1])] = float(match[3])
-  assert max(losses) == 60
+  assert max(losses) == 40 and step_folders(workdir)[-1] == 40
   assert (workdir / 'config.json').exists()
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
   assert (workdir / 'curves.png').exists()  # drawn once the run finished
-  # The queues hold real keys from step 8 on; from then the loss must go down.
-  assert losses[60] < losses[10] - 0.3, losses
+  # The queues hold real keys from step 8 on; from then the loss must go down (measured
+  # 9.88 at step 10 and 8.50 at step 40 in a 30-epoch run).
+  assert losses[40] < losses[10] - 0.3, losses
