@@ -72,6 +72,7 @@ def config():
 # pytest-xdist would otherwise order the files by their number of tests, which put the
 # one-test test_multiprocess.py last.
 LONGEST_FILES = ('test_train_step.py',  # ~420 in several tests
+                 'test_notebook.py',  # ~150
                  'test_multiprocess.py',  # 381, two processes
                  'test_main.py',  # 257
                  'test_bn_batching.py',  # ~200
