@@ -68,19 +68,19 @@ def config():
 
 
 # The longest files first: with --dist loadfile each file runs on one worker, and a long file
-# scheduled last leaves the other worker idle (seconds in the suite, 2 workers, 2026-12-04).
-# pytest-xdist would otherwise order the files by their number of tests, which put the
-# one-test test_multiprocess.py last.
-LONGEST_FILES = ('test_train_step.py',  # ~420 in several tests
-                 'test_notebook.py',  # ~150
-                 'test_multiprocess.py',  # 381, two processes
-                 'test_main.py',  # 257
-                 'test_bn_batching.py',  # ~200
-                 'test_eval_end_to_end.py',  # ~190
-                 'test_divergence.py',  # 150
-                 'test_input_damage.py',  # ~130
-                 'test_checkpointing.py',  # ~100
-                 'test_gcs_run.py')  # ~90
+# scheduled last leaves the other worker idle. pytest-xdist would otherwise order the files by
+# their number of tests, which put the one-test test_multiprocess.py last. Seconds in the suite
+# (2 workers, 2026-12-05); in this order the two workers were busy 899 and 887 s.
+LONGEST_FILES = ('test_train_step.py',  # 224 in several tests
+                 'test_notebook.py',  # 142
+                 'test_multiprocess.py',  # 255, two processes
+                 'test_main.py',  # 146
+                 'test_bn_batching.py',  # 119
+                 'test_eval_end_to_end.py',  # 188
+                 'test_divergence.py',  # 109
+                 'test_input_damage.py',  # 58
+                 'test_checkpointing.py',  # 67
+                 'test_gcs_run.py')  # 103
 
 
 def pytest_configure(config):

@@ -11,12 +11,17 @@ from conftest import FAST_COMPILE_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, 'notebooks', 'vclr_colab.ipynb')
+RESUMED_LINE = re.compile(r'Resumed from \S+ at step (\d+)')
 FEATURES_LINE = re.compile(r'features up to ([\d.e+-]+), max \|torchvision - JAX\| = ([\d.e+-]+)')
 
 
 def read_notebook():
   with open(NOTEBOOK) as f:
     return nbformat.read(f, as_version=4)
+
+
+def cell_with(notebook, marker):
+  return next(cell for cell in notebook.cells if marker in cell.source)
 
 
 def cell_text(cell):
@@ -47,16 +52,14 @@ def test_notebook_runs_end_to_end_at_the_smoke_budget(tmp_path, monkeypatch):
   with client.setup_kernel():
     for index, cell in enumerate(notebook.cells):
       client.execute_cell(cell, index)  # raises CellExecutionError naming the failing cell
-    pretrain_index = next(i for i, cell in enumerate(notebook.cells)
-                          if 'train.train_and_evaluate' in cell.source)
-    pretrain = notebook.cells[pretrain_index]
-    notebook.cells.append(nbformat.v4.new_code_cell(pretrain.source))
+    notebook.cells.append(nbformat.v4.new_code_cell(
+        cell_with(notebook, 'train.train_and_evaluate').source))
     rerun = client.execute_cell(notebook.cells[-1], len(notebook.cells) - 1)
 
   def images(cell):
     return [output for output in cell.outputs if 'image/png' in output.get('data', {})]
 
-  cells = {name: next(cell for cell in notebook.cells if marker in cell.source)
+  cells = {name: cell_with(notebook, marker)
            for name, marker in (('curves', 'plots.write_curves'),
                                 ('evaluate', 'protocols.run_linear'),
                                 ('finetune', 'finetune.run_finetune'),
@@ -68,8 +71,11 @@ def test_notebook_runs_end_to_end_at_the_smoke_budget(tmp_path, monkeypatch):
   # torchvision and JAX agree on the same frames (float32 rounding only).
   largest, difference = map(float, FEATURES_LINE.search(cell_text(cells['export'])).groups())
   assert largest > 0 and difference <= 1e-4 * max(1.0, largest), (largest, difference)
-  # The rerun found the finished run and resumed at its last step.
-  rerun_text = ''.join(output.get('text', '') for output in rerun.outputs)
-  assert 'Resumed from' in rerun_text, rerun_text[-2000:]
+  # The rerun found the finished run and resumed at its last checkpoint, the final step.
+  resumed = RESUMED_LINE.search(cell_text(rerun))
+  assert resumed, cell_text(rerun)[-2000:]
+  final_step = max(int(name) for name in os.listdir(tmp_path / 'run' / 'checkpoints')
+                   if name.isdigit())
+  assert int(resumed[1]) == final_step > 0
   assert (tmp_path / 'run' / 'curves.png').exists()
   assert (tmp_path / 'run' / 'gradcam' / 'gradcam_grid.png').exists()
