@@ -22,6 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
   # 'records': prepared SequenceExample shards (python -m input_pipeline.prepare);
   # 'in_memory': generated videos held in memory (no TensorFlow; tests and benchmarks).
   config.data.source = 'records'
+  # Or the version folder of the TFDS dataset built by python -m input_pipeline.vclr_videos,
+  # e.g. /data/tfds/vclr_videos/kinetics400/1.0.0 (README, TFDS): the readers take either.
   config.data.records_dir = 'data/k400_records'
   config.data.split = 'train'
   config.data.image_size = 224

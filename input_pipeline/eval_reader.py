@@ -27,9 +27,9 @@ def uniform_frame_indices(num_frames, count: int):
   return tf.cast(tf.round(positions), tf.int32) - 1
 
 
-def make_eval_example(serialized, num_frames: int, crop_size: int,
+def make_eval_example(serialized, record_format: str, num_frames: int, crop_size: int,
                       resize_short_side: int | None):
-  video = records.parse_video(serialized)
+  video = records.parse_video(serialized, record_format)
   indices = uniform_frame_indices(tf.shape(video['frames'])[0], num_frames)
   images = frame_decoding.decode_frames(tf.gather(video['frames'], indices))
   return {
@@ -64,6 +64,7 @@ def make_eval_iterator(records_dir: str, split: str, *, batch_size: int, num_fra
   'mask' (b,) bool (False for padding and damaged videos). Across hosts every undamaged video
   appears exactly once; the iterator's ``skipped_examples`` counts the damaged ones.
   """
+  index = records.read_index(records_dir, split)
   shards, process_index, process_count = record_stream.host_shards(
       records_dir, split, process_index, process_count)
   num_batches = num_eval_batches(records_dir, split, batch_size=batch_size,
@@ -83,8 +84,8 @@ def make_eval_iterator(records_dir: str, split: str, *, batch_size: int, num_fra
   records_of = record_stream.shard_records(shards)
   videos = record_stream.skip_damaged(
       tf.data.Dataset.range(len(shards)).flat_map(records_of),
-      lambda element: make_eval_example(element['serialized'], num_frames, crop_size,
-                                        resize_short_side),
+      lambda element: make_eval_example(element['serialized'], index['record_format'],
+                                        num_frames, crop_size, resize_short_side),
       placeholder, num_parallel_calls)
   batches = (videos
              .concatenate(tf.data.Dataset.from_tensors(padding).repeat(
@@ -94,5 +95,5 @@ def make_eval_iterator(records_dir: str, split: str, *, batch_size: int, num_fra
              .as_numpy_iterator())
   return damage.SkippingBatches(
       batches, [shard['path'] for shard in shards],
-      split_videos=records.read_index(records_dir, split)['num_videos'],
+      split_videos=index['num_videos'],
       max_skipped_fraction=max_skipped_fraction, fill=False)

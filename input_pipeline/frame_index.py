@@ -6,7 +6,8 @@ frame of each record in shard order, its byte offset in the shard file, its leng
 CRC-32 (the reader skips a frame whose bytes changed: input_pipeline/damage.py), and the
 number of frames of each record. The training reader then reads 6 byte ranges (about
 80 KB) per example instead of the whole record; the records themselves stay ordinary DMVR
-SequenceExamples, read whole by the evaluation readers.
+SequenceExamples, read whole by the evaluation readers. The TFDS builder
+(input_pipeline/vclr_videos) writes the same index beside every tfrecord file it writes.
 
 Records prepared before this index existed get it without rewriting them:
 
@@ -28,6 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
+from input_pipeline import records
+
 SUFFIX = '.frames.npz'
 # TFRecord framing: uint64 length, uint32 CRC of the length, data, uint32 CRC of the data.
 RECORD_HEADER_BYTES = 12
@@ -35,7 +38,9 @@ RECORD_FOOTER_BYTES = 4
 
 
 def index_path(shard_path: str) -> str:
-  return shard_path[:-len('.tfrecord')] + SUFFIX
+  # Prepared shards end in '.tfrecord' (the index replaces it); TFDS's files in
+  # '.tfrecord-00000-of-00008' (input_pipeline/vclr_videos: the index is added).
+  return shard_path.removesuffix('.tfrecord') + SUFFIX
 
 
 def jpeg_positions(serialized: bytes, jpegs: Sequence[bytes]) -> np.ndarray:
@@ -128,17 +133,17 @@ def shard_mismatch(shard_path: str, expected: dict) -> str | None:
   return None
 
 
-def index_of_shard(shard_path: str) -> ShardIndexBuilder:
+def index_of_shard(shard_path: str, record_format: str = records.SEQUENCE_EXAMPLE
+                   ) -> ShardIndexBuilder:
   """The frame index of an existing shard, by reading it once (CRCs checked: a damaged shard
-  raises ValueError naming the file instead of getting an index of its damage)."""
+  raises ValueError naming the file instead of getting an index of its damage).
+  ``record_format``: the split's (records.read_index)."""
   import tensorflow as tf
-  from input_pipeline import records
   builder = ShardIndexBuilder()
   try:
     for serialized in tf.data.TFRecordDataset(shard_path).as_numpy_iterator():
-      example = tf.train.SequenceExample.FromString(serialized)
-      jpegs = example.feature_lists.feature_list[records.IMAGE_KEY].feature
-      builder.add(serialized, [frame.bytes_list.value[0] for frame in jpegs])
+      jpegs = records.parse_video(serialized, record_format)['frames'].numpy()
+      builder.add(serialized, list(jpegs))
   except tf.errors.OpError as error:
     raise ValueError(f'{shard_path} is damaged ({error.message}); prepare it again.') from None
   return builder
@@ -161,9 +166,9 @@ def read_index_file(shard_path: str) -> dict[str, np.ndarray]:
   return index
 
 
-def build_shard_index(shard_path: str) -> None:
+def build_shard_index(shard_path: str, record_format: str = records.SEQUENCE_EXAMPLE) -> None:
   """Writes ``shard-*.frames.npz`` for an existing shard (see index_of_shard)."""
-  index_of_shard(shard_path).save(index_path(shard_path))
+  index_of_shard(shard_path, record_format).save(index_path(shard_path))
 
 
 class HostFrames:
@@ -238,11 +243,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--records', required=True, help='prepared records directory')
   parser.add_argument('--splits', default='train', help='comma-separated splits')
   args = parser.parse_args(argv)
-  from input_pipeline import records
   for split in args.splits.split(','):
-    shards = records.read_index(args.records, split)['shards']
+    index = records.read_index(args.records, split)
+    shards = index['shards']
     for number, shard in enumerate(shards):
-      build_shard_index(shard['path'])
+      build_shard_index(shard['path'], index['record_format'])
       print(f'{split}: frame index of shard {number + 1}/{len(shards)} written '
             f'({index_path(shard["path"])})', flush=True)
 

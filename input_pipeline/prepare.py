@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import json
 import multiprocessing
 import os
 import sys
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -99,6 +100,38 @@ def decode_entry(entry: sources.VideoEntry, options: EncodingOptions
   return video
 
 
+def _encode_video(indexed_entry: tuple[int, sources.VideoEntry], options: EncodingOptions
+                  ) -> tuple[sources.VideoEntry, dict | None, str]:
+  video_index, entry = indexed_entry
+  try:
+    video = decode_entry(entry, options)
+  except video_decoding.VideoError as error:
+    return entry, None, str(error)
+  except Exception as error:  # pylint: disable=broad-except
+    # One odd file (a decoder bug, a corrupt header PyAV trips over) must not end a
+    # job of hours: record it like any other unusable input.
+    return entry, None, f'unexpected error: {type(error).__name__}: {error}'
+  fields = dict(jpeg_frames=video.jpeg_frames, label_index=entry.label_index,
+                label_string=entry.label_string, filename=entry.name, video_index=video_index,
+                fps=video.fps, height=video.height, width=video.width)
+  return entry, fields, ''
+
+
+def encode_videos(indexed_entries: Iterable[tuple[int, sources.VideoEntry]],
+                  options: EncodingOptions, pool=None
+                  ) -> Iterator[tuple[sources.VideoEntry, dict | None, str]]:
+  """Decodes each (video index in the split, entry), in order, into its record's fields.
+
+  Yields (entry, fields, '') for a usable video, where ``fields`` are the arguments of
+  records.serialize_video, and (entry, None, why it is skipped) for any other: bad inputs are
+  reported, never raised. With ``pool`` (see ``worker_pool``) the videos are decoded in its
+  processes. Preparation and the TFDS builder (input_pipeline/vclr_videos) both encode
+  through this function, so their examples are the same.
+  """
+  encode = functools.partial(_encode_video, options=options)
+  return pool.imap(encode, indexed_entries) if pool else map(encode, indexed_entries)
+
+
 def write_shard(task: ShardTask) -> dict:
   """Writes one shard and its summary; bad inputs are recorded, never raised."""
   num_videos = num_frames = 0
@@ -107,26 +140,16 @@ def write_shard(task: ShardTask) -> dict:
   tmp_path = task.record_path + '.tmp'
   frames = frame_index.ShardIndexBuilder()
   with tf.io.TFRecordWriter(tmp_path) as writer:
-    for video_index, entry in task.entries:
-      try:
-        video = decode_entry(entry, task.options)
-      except video_decoding.VideoError as error:
-        skipped.append((entry.name, str(error)))
+    for entry, fields, skip_reason in encode_videos(task.entries, task.options):
+      if fields is None:
+        skipped.append((entry.name, skip_reason))
         continue
-      except Exception as error:  # pylint: disable=broad-except
-        # One odd file (a decoder bug, a corrupt header PyAV trips over) must not end a
-        # job of hours: record it like any other unusable input.
-        skipped.append((entry.name, f'unexpected error: {type(error).__name__}: {error}'))
-        continue
-      serialized = records.serialize_video(
-          jpeg_frames=video.jpeg_frames, label_index=entry.label_index,
-          label_string=entry.label_string, filename=entry.name, video_index=video_index,
-          fps=video.fps, height=video.height, width=video.width)
+      serialized = records.serialize_video(**fields)
       writer.write(serialized)
-      frames.add(serialized, video.jpeg_frames)
+      frames.add(serialized, fields['jpeg_frames'])
       num_videos += 1
-      num_frames += len(video.jpeg_frames)
-      seconds += len(video.jpeg_frames) / video.fps
+      num_frames += len(fields['jpeg_frames'])
+      seconds += len(fields['jpeg_frames']) / fields['fps']
   tf.io.gfile.rename(tmp_path, task.record_path, overwrite=True)
   frames.save(frame_index.index_path(task.record_path))
   summary = {'path': os.path.basename(task.record_path), 'num_videos': num_videos,

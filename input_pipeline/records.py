@@ -10,6 +10,10 @@ Layout written by ``input_pipeline.prepare`` (one directory per split)::
 Every record is one video, DMVR convention: one JPEG per frame in the feature list
 ``image/encoded``; the context holds the label and what is needed to trace a record back to
 its source.
+
+A dataset built by ``python -m input_pipeline.vclr_videos`` (TFDS) holds the same examples as
+tf.train.Examples; its version folder ``DATA_DIR/vclr_videos/<config>/<version>`` serves as a
+records folder (read_index), so every reader takes it as ``records_dir``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,18 @@ WIDTH_KEY = 'video/width'
 UNLABELLED = -1
 INDEX_FILENAME = 'index.json'
 SKIPPED_FILENAME = 'skipped.tsv'
+
+# How the records of a split are serialised: read_index's 'record_format'.
+SEQUENCE_EXAMPLE = 'sequence_example'  # python -m input_pipeline.prepare
+TFDS_EXAMPLE = 'tfds_example'  # python -m input_pipeline.vclr_videos (TFDS)
+# The TFDS dataset: its name, the file TFDS writes into every built version folder, and the
+# feature that holds each record field: serialize_video's argument of the same value.
+TFDS_NAME = 'vclr_videos'
+TFDS_INFO_FILENAME = 'dataset_info.json'
+TFDS_FEATURES = {IMAGE_KEY: 'jpeg_frames', LABEL_INDEX_KEY: 'label_index',
+                 LABEL_STRING_KEY: 'label_string', FILENAME_KEY: 'filename',
+                 VIDEO_INDEX_KEY: 'video_index', FPS_KEY: 'fps', HEIGHT_KEY: 'height',
+                 WIDTH_KEY: 'width'}
 
 
 def shard_filename(shard: int, num_shards: int) -> str:
@@ -69,24 +85,40 @@ def serialize_video(*, jpeg_frames: list[bytes], label_index: int, label_string:
   return example.SerializeToString()
 
 
-def parse_video(serialized):
+def parse_video(serialized, record_format: str = SEQUENCE_EXAMPLE):
   """Parses one serialised record (a scalar string tensor) into a dict of tensors.
 
   ``frames`` is the (F,) string tensor of JPEGs, still encoded: readers gather the few frames
-  they need before decoding.
+  they need before decoding. ``record_format`` is the split's (read_index): both formats give
+  the same dict.
   """
   import tensorflow as tf
-  context, sequence = tf.io.parse_single_sequence_example(
-      serialized,
-      context_features={
-          LABEL_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64),
-          VIDEO_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64),
-      },
-      sequence_features={IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string)})
+  context_features = {
+      LABEL_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64),
+      VIDEO_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64),
+      FILENAME_KEY: tf.io.FixedLenFeature([], tf.string),
+      FPS_KEY: tf.io.FixedLenFeature([], tf.float32),
+  }
+  if record_format == SEQUENCE_EXAMPLE:
+    context, sequence = tf.io.parse_single_sequence_example(
+        serialized, context_features=context_features,
+        sequence_features={IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string)})
+    fields = dict(context, **sequence)
+  elif record_format == TFDS_EXAMPLE:
+    features = {TFDS_FEATURES[key]: spec for key, spec in context_features.items()}
+    features[TFDS_FEATURES[IMAGE_KEY]] = tf.io.FixedLenSequenceFeature(
+        [], tf.string, allow_missing=True)
+    parsed = tf.io.parse_single_example(serialized, features)
+    fields = {key: parsed[name] for key, name in TFDS_FEATURES.items() if name in parsed}
+  else:
+    raise ValueError(f'Unknown record format {record_format!r}: expected {SEQUENCE_EXAMPLE!r} '
+                     f'or {TFDS_EXAMPLE!r}.')
   return {
-      'frames': sequence[IMAGE_KEY],
-      'label': tf.cast(context[LABEL_INDEX_KEY], tf.int32),
-      'video_index': tf.cast(context[VIDEO_INDEX_KEY], tf.int32),
+      'frames': fields[IMAGE_KEY],
+      'label': tf.cast(fields[LABEL_INDEX_KEY], tf.int32),
+      'video_index': tf.cast(fields[VIDEO_INDEX_KEY], tf.int32),
+      'filename': fields[FILENAME_KEY],
+      'fps': fields[FPS_KEY],
   }
 
 
@@ -95,17 +127,20 @@ def read_index(records_dir: str, split: str) -> dict[str, Any]:
 
   Returns the dict written by preparation, with at least ``num_videos``, ``num_classes``,
   ``class_names`` (list, position = label index; empty for unlabelled data), ``num_frames``
-  (total over the split) and ``shards``: a list of ``{'path': absolute path, 'num_videos': n,
-  'num_frames': total frames, 'num_bytes': file size}`` in shard order. Paths go through
-  tf.io.gfile (any filesystem TensorFlow accepts).
+  (total over the split), ``record_format`` (SEQUENCE_EXAMPLE) and ``shards``: a list of
+  ``{'path': absolute path, 'num_videos': n, 'num_frames': total frames, 'num_bytes': file
+  size}`` in shard order. For a built TFDS dataset (``records_dir`` is its version folder) see
+  tfds_index. Paths go through tf.io.gfile (any filesystem TensorFlow accepts).
   """
   import tensorflow as tf
+  if tf.io.gfile.exists(os.path.join(records_dir, TFDS_INFO_FILENAME)):
+    return tfds_index(records_dir, split)
   path = os.path.join(split_dir(records_dir, split), INDEX_FILENAME)
   if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(
+    raise FileNotFoundError(_tfds_advice(records_dir) or (
         f'No index for split {split!r}: {path} does not exist. Prepared splits in '
         f'{records_dir}: {prepared_splits(records_dir) or "none"}. Run `python -m '
-        f'input_pipeline.prepare` with --out={records_dir} --splits={split} first.')
+        f'input_pipeline.prepare` with --out={records_dir} --splits={split} first.'))
   index = read_json(path)
   if index['split'] != split:
     raise ValueError(
@@ -114,7 +149,60 @@ def read_index(records_dir: str, split: str) -> dict[str, Any]:
         'renamed?). Point the reader at the right folder, or prepare the split again.')
   for shard in index['shards']:
     shard['path'] = os.path.join(split_dir(records_dir, split), shard['path'])
+  index['record_format'] = SEQUENCE_EXAMPLE
   return index
+
+
+def tfds_index(dataset_dir: str, split: str) -> dict[str, Any]:
+  """The index of one split of a dataset built by ``python -m input_pipeline.vclr_videos``.
+
+  From the dataset's own metadata: ``split``, ``num_videos``, ``num_classes``, ``class_names``,
+  ``record_format`` (TFDS_EXAMPLE) and ``shards`` (``{'path', 'num_videos'}``, the tfrecord
+  files TFDS wrote, in its order; each has its frame index beside it, written by the builder).
+  The readers read these files themselves, like prepared shards, rather than through TFDS's
+  ``as_dataset``: the per-host stream (record_stream.py) needs every host's own shards, an
+  order per epoch fixed by the seed, a resume that skips whole shard groups by their sizes,
+  the (shard, record) position of a damaged record, and the frame index's byte ranges, none
+  of which ``as_dataset`` offers.
+  """
+  import tensorflow_datasets as tfds  # only for datasets built with it
+  info = tfds.builder_from_directory(dataset_dir).info
+  if info.file_format != tfds.core.FileFormat.TFRECORD:
+    raise ValueError(f'{dataset_dir} holds {info.file_format.value} files; the readers read '
+                     'tfrecord files: build it again with the default file format.')
+  if split not in info.splits:
+    raise FileNotFoundError(f'The TFDS dataset {dataset_dir} has no split {split!r}; it has '
+                            f'{sorted(info.splits.keys())}.')
+  split_info = info.splits[split]
+  class_names = list(info.features[TFDS_FEATURES[LABEL_INDEX_KEY]].names)
+  return {
+      'split': split,
+      'num_videos': split_info.num_examples,
+      'num_classes': len(class_names),
+      'class_names': class_names,
+      'record_format': TFDS_EXAMPLE,
+      'shards': [{'path': os.fspath(path), 'num_videos': count}
+                 for path, count in zip(split_info.filepaths, split_info.shard_lengths)],
+  }
+
+
+def _tfds_advice(records_dir: str) -> str:
+  """What to do when ``records_dir`` was meant to be a built TFDS dataset ('' if it was not)."""
+  import tensorflow as tf
+  built = sorted(os.path.dirname(path) for path in
+                 tf.io.gfile.glob(os.path.join(records_dir, '*', TFDS_INFO_FILENAME)))
+  if built:
+    return (f'{records_dir} holds the built TFDS dataset {", ".join(built)}: pass that version '
+            'folder as the records folder.')
+  parts = records_dir.rstrip('/').split('/')
+  if TFDS_NAME not in parts:
+    return ''
+  data_dir = '/'.join(parts[:parts.index(TFDS_NAME)]) or '.'
+  config = (parts[parts.index(TFDS_NAME) + 1:] or ['CONFIG'])[0]
+  return (f'{records_dir} is not a built TFDS dataset (no {TFDS_INFO_FILENAME}). Build it with '
+          f'`python -m input_pipeline.{TFDS_NAME} --config={config} --manual_dir=MANUAL_DIR '
+          f'--data_dir={data_dir}` (README, TFDS) and pass the version folder it prints, '
+          f'{data_dir}/{TFDS_NAME}/{config}/<version>.')
 
 
 def prepared_splits(records_dir: str) -> list[str]:
@@ -148,10 +236,10 @@ def video_jpegs(split_path: str, video_index: int) -> list[bytes]:
   split_path = os.path.normpath(split_path)
   index = read_index(os.path.dirname(split_path), os.path.basename(split_path))
   for shard in index['shards']:
-    for serialized in tf.data.TFRecordDataset(shard['path']).as_numpy_iterator():
-      example = tf.train.SequenceExample.FromString(serialized)
-      if example.context.feature[VIDEO_INDEX_KEY].int64_list.value[0] == video_index:
-        return [f.bytes_list.value[0]
-                for f in example.feature_lists.feature_list[IMAGE_KEY].feature]
+    videos = tf.data.TFRecordDataset(shard['path']).map(
+        lambda serialized: parse_video(serialized, index['record_format']))
+    for video in videos.as_numpy_iterator():
+      if video['video_index'] == video_index:
+        return list(video['frames'])
   raise ValueError(f'{split_path} has no video with --video_index={video_index} (it holds '
                    f'{index["num_videos"]} videos, indices 0 to {index["num_videos"] - 1}).')

@@ -24,27 +24,16 @@ def snippet_frame_indices(num_frames, stride: int):
   return tf.minimum(starts + stride // 2, num_frames - 1)
 
 
-def parse_snippets(serialized, stride: int, crop_size: int, resize_short_side: int | None):
-  context, sequence = tf.io.parse_single_sequence_example(
-      serialized,
-      context_features={
-          records.LABEL_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64),
-          records.VIDEO_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64),
-          records.FILENAME_KEY: tf.io.FixedLenFeature([], tf.string),
-          records.FPS_KEY: tf.io.FixedLenFeature([], tf.float32),
-      },
-      sequence_features={records.IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string)})
-  jpegs = sequence[records.IMAGE_KEY]
-  indices = snippet_frame_indices(tf.shape(jpegs)[0], stride)
-  images = frame_decoding.decode_frames(tf.gather(jpegs, indices))
+def parse_snippets(serialized, record_format: str, stride: int, crop_size: int,
+                   resize_short_side: int | None):
+  video = records.parse_video(serialized, record_format)
+  indices = snippet_frame_indices(tf.shape(video['frames'])[0], stride)
+  images = frame_decoding.decode_frames(tf.gather(video['frames'], indices))
   return {
       'frames': frame_decoding.center_crop(images, crop_size, resize_short_side),
       'frame_indices': indices,
-      'num_frames': tf.shape(jpegs)[0],
-      'label': tf.cast(context[records.LABEL_INDEX_KEY], tf.int32),
-      'video_index': tf.cast(context[records.VIDEO_INDEX_KEY], tf.int32),
-      'filename': context[records.FILENAME_KEY],
-      'fps': context[records.FPS_KEY],
+      'num_frames': tf.shape(video['frames'])[0],
+      **{name: video[name] for name in ('label', 'video_index', 'filename', 'fps')},
   }
 
 
@@ -63,9 +52,10 @@ def make_snippet_iterator(records_dir: str, split: str, *, stride: int, crop_siz
   'video_id' (str), 'fps'."""
   if stride < 1:
     raise ValueError(f'config.snippets.stride must be at least 1, got {stride}.')
+  record_format = records.read_index(records_dir, split)['record_format']
   shards, _, _ = record_stream.host_shards(records_dir, split, process_index, process_count)
   dataset = (tf.data.TFRecordDataset(tf.constant([shard['path'] for shard in shards], tf.string))
-             .map(lambda serialized: parse_snippets(serialized, stride, crop_size,
+             .map(lambda serialized: parse_snippets(serialized, record_format, stride, crop_size,
                                                     resize_short_side),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
              .prefetch(2))

@@ -32,8 +32,9 @@ def sample_segment_frames(num_frames, num_segments: int, seed):
   return tf.cast(tf.minimum(bounds[:-1] + offsets, num_frames - 1), tf.int32)
 
 
-def make_tsn_example(serialized, example_seed, num_segments: int, frame_size: tuple[int, int]):
-  video = records.parse_video(serialized)
+def make_tsn_example(serialized, record_format: str, example_seed, num_segments: int,
+                     frame_size: tuple[int, int]):
+  video = records.parse_video(serialized, record_format)
   indices = sample_segment_frames(tf.shape(video['frames'])[0], num_segments, example_seed)
   jpegs = tf.gather(video['frames'], indices)
   return {'frames': frame_decoding.decode_onto_canvas(jpegs, num_segments, frame_size),
@@ -51,11 +52,12 @@ def make_tsn_train_iterator(records_dir: str, split: str, *, batch_size: int,
   train_reader.make_train_iterator; damaged records are skipped as there (damage.py).
   """
   frame_size = tuple(frame_size)
+  record_format = records.read_index(records_dir, split)['record_format']
   return record_stream.batched_examples(
       records_dir, split,
       read=lambda element, example_seed: dict(element, example_seed=example_seed),
-      make=lambda element: make_tsn_example(element['serialized'], element['example_seed'],
-                                            num_segments, frame_size),
+      make=lambda element: make_tsn_example(element['serialized'], record_format,
+                                            element['example_seed'], num_segments, frame_size),
       placeholder=lambda: {'frames': tf.zeros((num_segments,) + frame_size + (3,), tf.uint8),
                            'label': tf.constant(0), 'video_index': tf.constant(0)},
       batch_size=batch_size, seed=seed, start_step=start_step, process_index=process_index,

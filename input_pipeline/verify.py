@@ -128,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not tf.io.gfile.isdir(args.records):
     raise FileNotFoundError(f'--records={args.records} is not a folder: pass the --out folder of '
                             '`python -m input_pipeline.prepare`.')
+  if tf.io.gfile.exists(os.path.join(args.records, records.TFDS_INFO_FILENAME)):
+    # Its shards have no summaries (sizes, counts) and hold tf.train.Examples.
+    raise SystemExit(f'--records={args.records} is a TFDS dataset: verify checks folders written '
+                     'by `python -m input_pipeline.prepare`. The readers still check every '
+                     "record's CRCs and every sampled frame's checksum as they read it.")
   splits = [args.split] if args.split else records.prepared_splits(args.records)
   if not splits:
     raise FileNotFoundError(f'--records={args.records} holds no prepared split (no '
