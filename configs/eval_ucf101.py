@@ -10,6 +10,8 @@ cosine, R@1/5/10/20/50. The other eval_*.py configs start from this one.
 
 import ml_collections
 
+from configs import reader
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -24,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.finetuned_backbone = ''
 
   config.data = ml_collections.ConfigDict()
-  config.data.records_dir = 'data/ucf101_records'
+  # source 'records' (records_dir) or 'tfds' (tfds_name, tfds_data_dir): configs/reader.py.
+  reader.add_source_fields(config.data, records_dir='data/ucf101_records')
   config.data.train_split = 'train'  # linear training set and retrieval gallery
   config.data.test_split = 'test'  # linear test set and retrieval queries
   config.data.num_frames = 30

@@ -21,7 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_step = -1  # pretraining checkpoint to start from; -1: the latest
 
   config.data = ml_collections.ConfigDict()
-  config.data.records_dir = 'data/ucf101_records'
+  # source 'records' (records_dir) or 'tfds' (tfds_name, tfds_data_dir): configs/reader.py.
+  reader.add_source_fields(config.data, records_dir='data/ucf101_records')
   config.data.train_split = 'train'
   config.data.test_split = 'test'
   config.data.image_size = 224  # training crops

@@ -19,12 +19,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  # 'records': prepared SequenceExample shards (python -m input_pipeline.prepare);
-  # 'in_memory': generated videos held in memory (no TensorFlow; tests and benchmarks).
-  config.data.source = 'records'
-  # Or the version folder of the TFDS dataset built by python -m input_pipeline.vclr_videos,
-  # e.g. /data/tfds/vclr_videos/kinetics400/1.0.0 (README, TFDS): the readers take either.
-  config.data.records_dir = 'data/k400_records'
+  # source 'records' (prepared records, or a built TFDS dataset's version folder, in
+  # records_dir) or 'tfds' (the built TFDS dataset tfds_name in tfds_data_dir, e.g.
+  # --config.data.tfds_name=vclr_videos/kinetics400): configs/reader.py. Pretraining also
+  # takes 'in_memory': generated videos held in memory (no TensorFlow; tests and benchmarks).
+  reader.add_source_fields(config.data, records_dir='data/k400_records')
   config.data.split = 'train'
   config.data.image_size = 224
   config.data.in_memory_videos = 256  # only for source='in_memory'

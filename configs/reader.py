@@ -1,9 +1,28 @@
-"""The reader and augmentation fields every training config shares (config.data)."""
+"""The fields of config.data that the training and evaluation configs share: where the videos
+are (add_source_fields) and the training reader's and augmentation's knobs (add_reader_fields)."""
 
 import ml_collections
 
 from input_pipeline import damage
 from vclr_jax import augment
+
+
+def add_source_fields(data: ml_collections.ConfigDict, records_dir: str) -> None:
+  """Adds where the readers find the videos (input_pipeline.records.source_dir) to ``data``.
+
+  source: 'records' reads records_dir: records prepared by python -m input_pipeline.prepare,
+    or the version folder of a built TFDS dataset. 'tfds' reads the dataset built by python -m
+    input_pipeline.vclr_videos named tfds_name in tfds_data_dir (README, TFDS), so a command
+    line names a TFDS dataset the way TFDS does instead of spelling out its folder.
+  tfds_name: 'vclr_videos/<config>[:<version>]', e.g. 'vclr_videos/ucf101_split1'; without a
+    version, the builder's current one (as tfds.load).
+  tfds_data_dir: the builder's --data_dir; '' is TFDS's own default ($TFDS_DATA_DIR, else
+    ~/tensorflow_datasets), where tfds.load looks too.
+  """
+  data.source = 'records'
+  data.records_dir = records_dir
+  data.tfds_name = ''
+  data.tfds_data_dir = ''
 
 
 def add_reader_fields(data: ml_collections.ConfigDict, frame_size=(256, 340)) -> None:

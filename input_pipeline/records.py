@@ -13,14 +13,18 @@ its source.
 
 A dataset built by ``python -m input_pipeline.vclr_videos`` (TFDS) holds the same examples as
 tf.train.Examples; its version folder ``DATA_DIR/vclr_videos/<config>/<version>`` serves as a
-records folder (read_index), so every reader takes it as ``records_dir``.
+records folder (read_index), so every reader takes it as ``records_dir``, or finds it from the
+dataset's name with ``config.data.source='tfds'`` (source_dir).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
+
+from vclr_jax import cli_errors  # no TensorFlow, no JAX
 
 IMAGE_KEY = 'image/encoded'
 LABEL_INDEX_KEY = 'clip/label/index'
@@ -43,6 +47,8 @@ TFDS_EXAMPLE = 'tfds_example'  # python -m input_pipeline.vclr_videos (TFDS)
 # feature that holds each record field: serialize_video's argument of the same value.
 TFDS_NAME = 'vclr_videos'
 TFDS_INFO_FILENAME = 'dataset_info.json'
+# config.data.tfds_name: TFDS's 'name/config[:version]' (a version is x.y.z, no wildcards).
+TFDS_NAME_PATTERN = re.compile(rf'{TFDS_NAME}/(?P<config>\w+)(:(?P<version>\d+\.\d+\.\d+))?')
 TFDS_FEATURES = {IMAGE_KEY: 'jpeg_frames', LABEL_INDEX_KEY: 'label_index',
                  LABEL_STRING_KEY: 'label_string', FILENAME_KEY: 'filename',
                  VIDEO_INDEX_KEY: 'video_index', FPS_KEY: 'fps', HEIGHT_KEY: 'height',
@@ -186,6 +192,57 @@ def tfds_index(dataset_dir: str, split: str) -> dict[str, Any]:
   }
 
 
+def source_dir(data) -> str:
+  """The folder the readers read for a config's data block (config.data): ``records_dir`` for
+  ``source='records'``, the built dataset's version folder (tfds_version_dir) for 'tfds'."""
+  if data.source == 'records':
+    return data.records_dir
+  if data.source == 'tfds':
+    return tfds_version_dir(data.tfds_name, data.tfds_data_dir)
+  raise cli_errors.UserError(
+      f"config.data.source={data.source!r}: the readers read 'records' (prepared records in "
+      "config.data.records_dir) or 'tfds' (the dataset config.data.tfds_name): pick one.")
+
+
+def tfds_version_dir(tfds_name: str, data_dir: str) -> str:
+  """The version folder of the built dataset ``tfds_name`` ('vclr_videos/<config>[:<version>]';
+  no version: the builder's current one, as tfds.load) under TFDS's ``data_dir`` ('': TFDS's
+  default, $TFDS_DATA_DIR or ~/tensorflow_datasets).
+
+  Raises UserError for a name that is not one of vclr_videos' configs and FileNotFoundError,
+  with the command that builds it, for a dataset that is not built; both name the config key.
+  """
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  from input_pipeline.vclr_videos import vclr_videos_dataset_builder
+  builder = vclr_videos_dataset_builder.Builder
+  configs = [config.name for config in builder.BUILDER_CONFIGS]
+  match = TFDS_NAME_PATTERN.fullmatch(tfds_name)
+  if not match or match['config'] not in configs:
+    raise cli_errors.UserError(
+        f"config.data.tfds_name={tfds_name!r} is not a config of the TFDS dataset {TFDS_NAME}: "
+        f"with config.data.source='tfds', give {TFDS_NAME}/<config>[:<version>], <config> one "
+        f'of {", ".join(configs)}.')
+  data_dir = data_dir or tfds.core.constants.DATA_DIR
+  config_dir = os.path.join(data_dir, TFDS_NAME, match['config'])
+  version_dir = os.path.join(config_dir, match['version'] or str(builder.VERSION))
+  if not tf.io.gfile.exists(os.path.join(version_dir, TFDS_INFO_FILENAME)):
+    built = sorted(os.path.basename(os.path.dirname(path)) for path in
+                   tf.io.gfile.glob(os.path.join(config_dir, '*', TFDS_INFO_FILENAME)))
+    other_versions = (f' Built there: version {", ".join(built)} (add :<version> to '
+                      'config.data.tfds_name to read one).' if built else '')
+    raise FileNotFoundError(
+        f'config.data.tfds_name={tfds_name} is not built in config.data.tfds_data_dir='
+        f'{data_dir} (no {version_dir}/{TFDS_INFO_FILENAME}).{other_versions} Build it with '
+        f'`{_build_command(match["config"], data_dir)}` (README, TFDS).')
+  return version_dir
+
+
+def _build_command(config: str, data_dir: str) -> str:
+  return (f'python -m input_pipeline.{TFDS_NAME} --config={config} --manual_dir=MANUAL_DIR '
+          f'--data_dir={data_dir}')
+
+
 def _tfds_advice(records_dir: str) -> str:
   """What to do when ``records_dir`` was meant to be a built TFDS dataset ('' if it was not)."""
   import tensorflow as tf
@@ -200,9 +257,8 @@ def _tfds_advice(records_dir: str) -> str:
   data_dir = '/'.join(parts[:parts.index(TFDS_NAME)]) or '.'
   config = (parts[parts.index(TFDS_NAME) + 1:] or ['CONFIG'])[0]
   return (f'{records_dir} is not a built TFDS dataset (no {TFDS_INFO_FILENAME}). Build it with '
-          f'`python -m input_pipeline.{TFDS_NAME} --config={config} --manual_dir=MANUAL_DIR '
-          f'--data_dir={data_dir}` (README, TFDS) and pass the version folder it prints, '
-          f'{data_dir}/{TFDS_NAME}/{config}/<version>.')
+          f'`{_build_command(config, data_dir)}` (README, TFDS) and pass the version folder it '
+          f'prints, {data_dir}/{TFDS_NAME}/{config}/<version>.')
 
 
 def prepared_splits(records_dir: str) -> list[str]:

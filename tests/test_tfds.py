@@ -1,14 +1,17 @@
 """The TFDS dataset vclr_videos (input_pipeline/vclr_videos) on synthetic videos laid out as
-UCF101: the examples of preparation, the readers on it, a training run from it, its errors."""
+UCF101: the examples of preparation, the readers on it, a training run from it through
+config.data.source='tfds', its errors."""
 
 import importlib
 import os
 import re
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from configs import eval_ucf101
 from conftest import tiny_config
 from input_pipeline import eval_reader
 from input_pipeline import frame_index
@@ -17,10 +20,13 @@ from input_pipeline import records
 from input_pipeline import sources
 from input_pipeline import synthetic
 from input_pipeline.vclr_videos import vclr_videos_dataset_builder
+from vclr_jax import config_checks
+from vclr_jax.cli_errors import ConfigError
 
 # 4 classes x 4 videos: 12 training videos (one step of the tiny config's batch of 8), 4 test.
 NUM_CLASSES, VIDEOS_PER_CLASS = 4, 4
 CONFIG = 'ucf101_split1'
+TFDS_NAME = f'vclr_videos/{CONFIG}'  # config.data.tfds_name
 build_cli = importlib.import_module('input_pipeline.vclr_videos.__main__')
 
 
@@ -50,11 +56,16 @@ def manual_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def tfds_dir(manual_dir, tmp_path_factory):
+def tfds_data_dir(tmp_path_factory):
+  """TFDS's data_dir (config.data.tfds_data_dir); the tfds_dir fixture builds the dataset."""
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='module')
+def tfds_dir(manual_dir, tfds_data_dir):
   """The built dataset's version folder, built by the documented command (in this process)."""
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
   return build_cli.main([f'--config={CONFIG}', f'--manual_dir={manual_dir}',
-                         f'--data_dir={data_dir}', '--workers=1'])
+                         f'--data_dir={tfds_data_dir}', '--workers=1'])
 
 
 @pytest.fixture(scope='module')
@@ -117,31 +128,42 @@ def test_tfds_build_gives_the_examples_of_prepare(tfds_dir, records_dir, split):
       np.testing.assert_array_equal(saved[name], array, err_msg=name)
 
 
-def test_the_evaluation_reader_reads_the_same_videos_from_both(tfds_dir, records_dir):
-  def videos(source):
+def test_tfds_name_names_the_version_folder_of_the_build(tfds_dir, tfds_data_dir):
+  assert records.tfds_version_dir(TFDS_NAME, tfds_data_dir) == tfds_dir
+  assert records.tfds_version_dir(f'{TFDS_NAME}:1.0.0', tfds_data_dir) == tfds_dir
+
+
+def test_the_evaluation_reader_reads_the_same_videos_from_both(tfds_dir, tfds_data_dir,
+                                                               records_dir):
+  def videos(**source):
+    """The test split as the evaluation protocols read it for an eval config's data block."""
+    data = eval_ucf101.get_config().data
+    data.update(source)
     read = {}
-    for batch in eval_reader.make_eval_iterator(source, 'test', batch_size=3, num_frames=4,
-                                                crop_size=72, process_index=0,
+    for batch in eval_reader.make_eval_iterator(records.source_dir(data), 'test', batch_size=3,
+                                                num_frames=4, crop_size=72, process_index=0,
                                                 process_count=1):
       for row in np.flatnonzero(batch['mask']):
         read[int(batch['video_index'][row])] = (int(batch['label'][row]), batch['frames'][row])
     return read
 
-  built, prepared = videos(tfds_dir), videos(records_dir)
+  built = videos(source='tfds', tfds_name=TFDS_NAME, tfds_data_dir=tfds_data_dir)
+  prepared = videos(source='records', records_dir=records_dir)
   assert sorted(built) == sorted(prepared) == list(range(NUM_CLASSES))
   for video_index, (label, frames) in prepared.items():
     assert built[video_index][0] == label
     np.testing.assert_array_equal(built[video_index][1], frames)
 
 
-def test_a_short_training_run_reads_the_tfds_dataset(tfds_dir, tmp_path):
+def test_a_short_training_run_reads_the_tfds_dataset(tfds_dir, tfds_data_dir, tmp_path):
   from vclr_jax import train
   # One step per epoch and 3 epochs, as the training run of test_input_damage.py: the same
   # state initialisation and train step, which the session's compilation cache compiles once.
   # Measured on 2 busy cores: 42 s alone, 23 of them initialising and compiling; 21 s after
   # that test.
-  config = tiny_config(**{'data.source': 'records', 'data.records_dir': tfds_dir,
-                          'num_epochs': 3, 'log_every_steps': 1})
+  config = tiny_config(**{'data.source': 'tfds', 'data.tfds_name': TFDS_NAME,
+                          'data.tfds_data_dir': tfds_data_dir, 'num_epochs': 3,
+                          'log_every_steps': 1})
   metrics = train.train_and_evaluate(config, str(tmp_path / 'run'), argv=[])
   assert metrics and all(np.isfinite(value) for value in metrics.values()), metrics
   assert (tmp_path / 'run' / 'checkpoints' / '3').is_dir()  # 12 videos, batch 8: 3 steps
@@ -171,3 +193,28 @@ def test_a_dataset_not_built_names_the_command_that_builds_it(tfds_dir, tmp_path
   # The config's folder instead of its version folder: the error names the version folder.
   with pytest.raises(FileNotFoundError, match=re.escape(f'{tfds_dir}: pass that version folder')):
     records.read_index(os.path.dirname(tfds_dir), 'train')
+
+
+def test_the_config_check_names_the_tfds_key_and_what_to_do(tfds_dir, tfds_data_dir):
+  def problems(**data):
+    config = tiny_config(**{'data.source': 'tfds', 'data.tfds_data_dir': tfds_data_dir,
+                            **{f'data.{key}': value for key, value in data.items()}})
+    with pytest.raises(ConfigError) as raised:
+      config_checks.validate_config(config, jax.device_count(), jax.process_count())
+    return raised.value.problems
+
+  configs = 'kinetics400, ucf101_split1, hmdb51_split1, folder'
+  for name in ('', 'vclr_videos/ucf101', 'ucf101_split1'):
+    assert problems(tfds_name=name) == [
+        f"config.data.tfds_name={name!r} is not a config of the TFDS dataset vclr_videos: with "
+        "config.data.source='tfds', give vclr_videos/<config>[:<version>], <config> one of "
+        f'{configs}.']
+  [not_built] = problems(tfds_name='vclr_videos/hmdb51_split1')
+  assert not_built.startswith('config.data.tfds_name=vclr_videos/hmdb51_split1 is not built in '
+                              f'config.data.tfds_data_dir={tfds_data_dir} ')
+  assert not_built.endswith('Build it with `python -m input_pipeline.vclr_videos '
+                            '--config=hmdb51_split1 --manual_dir=MANUAL_DIR '
+                            f'--data_dir={tfds_data_dir}` (README, TFDS).')
+  # Another version than the one built: the message names the built one.
+  [other_version] = problems(tfds_name=f'{TFDS_NAME}:2.0.0')
+  assert 'Built there: version 1.0.0 (add :<version> to config.data.tfds_name' in other_version

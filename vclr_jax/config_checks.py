@@ -18,10 +18,11 @@ from vclr_jax import checkpointing
 from vclr_jax import train_state as train_state_lib
 from vclr_jax import train_step as train_step_lib
 from vclr_jax.cli_errors import ConfigError
+from vclr_jax.cli_errors import UserError
 from vclr_jax.models.resnet import STAGE_BLOCKS
 from vclr_jax.models.vclr import ORDER_NORMS
 
-DATA_SOURCES = ('records', 'in_memory')
+DATA_SOURCES = ('records', 'tfds', 'in_memory')
 PYTORCH_SUFFIXES = ('.pth', '.pt', '.tar', '.safetensors')  # init_from files read by interop
 
 # Sizes and counts that must be at least 1 (a 0 batch divides by zero, a 0 interval never logs).
@@ -103,6 +104,12 @@ def _path_problems(config) -> list[str]:
   if config.data.source == 'records' and not epath.Path(config.data.records_dir).exists():
     problems.append(f'config.data.records_dir={config.data.records_dir} does not exist: prepare '
                     'the records (python -m input_pipeline.prepare) or fix the path.')
+  if config.data.source == 'tfds':
+    from input_pipeline import records  # TensorFlow only for a TFDS dataset
+    try:
+      records.source_dir(config.data)
+    except (UserError, FileNotFoundError) as error:
+      problems.append(str(error))
   if config.init_from and not epath.Path(config.init_from).exists():
     problems.append(f'config.init_from={config.init_from} does not exist: give a run directory, '
                     "a checkpoint directory or a PyTorch file, or '' for random init.")

@@ -28,10 +28,8 @@ RESUME_FLAGS = ('--config.checkpoint.resume_step', '--config.optim.base_lr')
 def num_train_videos(config: ml_collections.ConfigDict) -> int:
   if config.data.source == 'in_memory':
     return config.data.in_memory_videos
-  if config.data.source == 'records':
-    from input_pipeline import records  # TensorFlow only for real data
-    return records.read_index(config.data.records_dir, config.data.split)['num_videos']
-  raise ValueError(f"config.data.source must be 'records' or 'in_memory', got {config.data.source!r}.")
+  from input_pipeline import records  # TensorFlow only for real data
+  return records.read_index(records.source_dir(config.data), config.data.split)['num_videos']
 
 
 def host_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict[str, np.ndarray]]:
@@ -44,9 +42,10 @@ def host_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator
                           process_index=jax.process_index(),
                           process_count=jax.process_count()).iterate(start_step)
   from input_pipeline import record_stream
+  from input_pipeline import records
   from input_pipeline import train_reader
   return train_reader.make_train_iterator(
-      config.data.records_dir, config.data.split, batch_size=per_host,
+      records.source_dir(config.data), config.data.split, batch_size=per_host,
       frame_size=tuple(config.data.frame_size), seed=config.seed, start_step=start_step,
       options=record_stream.ReaderOptions.from_config(config.data))
 

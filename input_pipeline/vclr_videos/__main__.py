@@ -5,8 +5,9 @@ r"""Builds one config of the TFDS dataset ``vclr_videos`` (vclr_videos_dataset_b
 
 This is what ``tfds build input_pipeline/vclr_videos`` would do, but TFDS 4.9.10's command line
 imports apache-beam, which requirements.txt does not install (tensorflow/datasets#5463). It
-prints the folder to train from: ``--config.data.records_dir=<it>``. A build that was cut off
-starts again from the beginning (TFDS keeps nothing of an incomplete build).
+prints the flags that train or evaluate from it (``--config.data.source=tfds`` with the
+dataset's name and data_dir) and returns its version folder. A build that was cut off starts
+again from the beginning (TFDS keeps nothing of an incomplete build).
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ def main(argv: Sequence[str] | None = None) -> str:
         manual_dir=args.manual_dir, num_shards=args.num_shards or None))
   except sources.SourceError as error:
     raise SystemExit(str(error)) from None
-  print(f'Built {builder.info.full_name} ({", ".join(builder.info.splits.keys())}). Train '
-        f'from it with --config.data.records_dir={builder.data_dir}')
+  print(f'Built {builder.info.full_name} ({", ".join(builder.info.splits.keys())}) in '
+        f'{builder.data_dir}. Train or evaluate from it with --config.data.source=tfds '
+        f'--config.data.tfds_name={builder.name}/{args.config} '
+        f'--config.data.tfds_data_dir={args.data_dir}')
   return os.fspath(builder.data_dir)
 
 

@@ -6,13 +6,14 @@ r"""TFDS builder of ``vclr_videos``: the examples of ``python -m input_pipeline.
 (__main__.py: ``tfds build`` with this builder, which TFDS's own command line cannot run
 without apache-beam) reads the dataset's files from the manual folder (MANUAL_DOWNLOAD_INSTRUCTIONS
 below) and writes ``/data/tfds/vclr_videos/ucf101_split1/1.0.0``, which every reader takes as
-its records folder (``--config.data.records_dir=/data/tfds/vclr_videos/ucf101_split1/1.0.0``;
-records.tfds_index). Videos are listed by input_pipeline/sources.py and decoded by
-``prepare.encode_videos``, the function preparation uses, with the options of the README's
-prepare command for the dataset (the config's ``options``): a video gives the same frames,
-label and fields either way, and the same videos are skipped. Beside every tfrecord file the
-builder writes its frame index, as preparation does beside every shard
-(input_pipeline/frame_index.py).
+its records folder (records.tfds_index), named by ``--config.data.source=tfds
+--config.data.tfds_name=vclr_videos/ucf101_split1 --config.data.tfds_data_dir=/data/tfds``
+(records.tfds_version_dir) or given as ``--config.data.records_dir``. Videos are listed by
+input_pipeline/sources.py and decoded by ``prepare.encode_videos``, the function preparation
+uses, with the options of the README's prepare command for the dataset (the config's
+``options``): a video gives the same frames, label and fields either way, and the same videos
+are skipped. Beside every tfrecord file the builder writes its frame index, as preparation does
+beside every shard (input_pipeline/frame_index.py).
 """
 
 from __future__ import annotations

@@ -152,13 +152,14 @@ def make_train_step(model: TSN, optimizer, mesh, image_size: int,
 def evaluate_tsn(model: TSN, state: FinetuneState, config, mesh, log=print) -> dict[str, float]:
   """Top-1/top-5 on config.data.test_split: test_frames centre crops, predictions averaged."""
   from input_pipeline import eval_reader  # TensorFlow only where records are read
+  from input_pipeline import records
   data = config.data
+  source_dir = records.source_dir(data)
   per_host = config.test_batch_size // jax.process_count()
   batches = eval_reader.make_eval_iterator(
-      data.records_dir, data.test_split, batch_size=per_host, num_frames=data.test_frames,
+      source_dir, data.test_split, batch_size=per_host, num_frames=data.test_frames,
       crop_size=data.crop_size, resize_short_side=data.resize_short_side or None)
-  num_batches = eval_reader.num_eval_batches(data.records_dir, data.test_split,
-                                             batch_size=per_host)
+  num_batches = eval_reader.num_eval_batches(source_dir, data.test_split, batch_size=per_host)
 
   def on_device(state, frames):
     # Every test frame is a segment: the model's average consensus averages their logits.
@@ -193,11 +194,12 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
       raise ValueError(f'config.{name}={config[name]} must be divisible by the {mesh.size} '
                        'devices.')
   run_config = checkpointing.load_run_config(workdir)
-  index = records.read_index(data.records_dir, data.train_split)
+  source_dir = records.source_dir(data)
+  index = records.read_index(source_dir, data.train_split)
   steps_per_epoch = index['num_videos'] // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(f'config.batch_size={config.batch_size} exceeds the {index["num_videos"]} '
-                     f'videos of {data.records_dir}/{data.train_split}.')
+                     f'videos of {source_dir}/{data.train_split}.')
   total_steps = int(config.num_epochs * steps_per_epoch)
   model = TSN(run_config.model.depth, run_config.model.width_multiplier, index['num_classes'],
               config.dropout, bn_axis_name=DATA_AXIS)
@@ -214,7 +216,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
   step_fn = make_train_step(model, optimizer, mesh, data.image_size,
                             augment.AugmentConfig.from_config(data.augment))
   host_iterator = tsn_reader.make_tsn_train_iterator(
-      data.records_dir, data.train_split, batch_size=config.batch_size // jax.process_count(),
+      source_dir, data.train_split, batch_size=config.batch_size // jax.process_count(),
       frame_size=tuple(data.frame_size), num_segments=data.num_segments, seed=config.seed,
       start_step=start_step, options=record_stream.ReaderOptions.from_config(data))
   batches = global_batches.prefetch_to_mesh(host_iterator, mesh, data.prefetch)

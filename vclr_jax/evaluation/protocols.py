@@ -65,25 +65,27 @@ def load_encoder(config: ml_collections.ConfigDict, workdir: str) -> Encoder:
 
 def split_features(config: ml_collections.ConfigDict, workdir: str, encoder: Encoder,
                    split: str, log=print) -> dict[str, np.ndarray]:
-  """Cached (or freshly extracted) features of one split of config.data.records_dir."""
+  """Cached (or freshly extracted) features of one split of config.data's videos."""
   from input_pipeline import eval_reader  # TensorFlow only where records are read
+  from input_pipeline import records
   data = config.data
+  source_dir = records.source_dir(data)
   if data.batch_size % jax.process_count():
     raise ValueError(f'config.data.batch_size={data.batch_size} must divide over '
                      f'{jax.process_count()} hosts.')
   per_host = data.batch_size // jax.process_count()
-  settings = dict(records_dir=str(checkpointing.absolute(data.records_dir)), split=split,
+  settings = dict(records_dir=str(checkpointing.absolute(source_dir)), split=split,
                   num_frames=data.num_frames, crop_size=data.crop_size,
                   resize_short_side=data.resize_short_side, checkpoint=encoder.source,
                   step=encoder.step, thumbnail_size=config.features.thumbnail_size)
 
   def extract():
-    log(f'Extracting features of {data.records_dir}/{split} with {encoder.source} '
+    log(f'Extracting features of {source_dir}/{split} with {encoder.source} '
         f'({data.num_frames} frames, {data.crop_size} px centre crop).')
     batches = eval_reader.make_eval_iterator(
-        data.records_dir, split, batch_size=per_host, num_frames=data.num_frames,
+        source_dir, split, batch_size=per_host, num_frames=data.num_frames,
         crop_size=data.crop_size, resize_short_side=data.resize_short_side or None)
-    num_batches = eval_reader.num_eval_batches(data.records_dir, split, batch_size=per_host)
+    num_batches = eval_reader.num_eval_batches(source_dir, split, batch_size=per_host)
     return features_lib.extract_features(
         encoder.model, encoder.variables, batches, train_step.make_mesh(),
         num_batches=num_batches, thumbnail_size=config.features.thumbnail_size, log=log)
@@ -154,8 +156,8 @@ def _retrieval_picture(config, workdir, encoder, queries, gallery) -> str:
                                  config.retrieval.picture_queries).round().astype(int))
   neighbours = retrieval.nearest_neighbours(queries['features'][chosen], gallery['features'],
                                             config.retrieval.picture_neighbours)
-  class_names = records.read_index(config.data.records_dir, config.data.train_split).get(
-      'class_names') or None
+  class_names = records.read_index(records.source_dir(config.data),
+                                   config.data.train_split).get('class_names') or None
   path = str(epath.Path(workdir) / 'eval' /
              f'retrieval_{config.data.test_split}_{encoder.tag}.png')
   return pictures.retrieval_picture(path, queries['thumbnails'][chosen], queries['labels'][chosen],

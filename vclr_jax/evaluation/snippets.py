@@ -82,9 +82,11 @@ def make_frame_feature_fn(model, variables: dict, chunk: int):
 
 def run_snippet_features(config: ml_collections.ConfigDict, workdir: str, log=print) -> str:
   """Writes every split's per-video feature files; returns the output folder."""
+  from input_pipeline import records
   from input_pipeline import snippet_reader  # TensorFlow only where records are read
   encoder = protocols.load_encoder(config, workdir)
   data, snippets = config.data, config.snippets
+  source_dir = records.source_dir(data)
   if snippets.num_positions < 0:
     raise ValueError('config.snippets.num_positions must be 0 (keep every snippet) or a '
                      f'positive number of temporal positions, got {snippets.num_positions}.')
@@ -98,10 +100,10 @@ def run_snippet_features(config: ml_collections.ConfigDict, workdir: str, log=pr
     out_dir.mkdir(parents=True, exist_ok=True)
     videos = {}
     for video in snippet_reader.make_snippet_iterator(
-        data.records_dir, split, stride=snippets.stride, crop_size=data.crop_size,
+        source_dir, split, stride=snippets.stride, crop_size=data.crop_size,
         resize_short_side=data.resize_short_side or None):
       if video['video_id'] in videos:
-        raise ValueError(f'Two videos of {data.records_dir}/{split} are named '
+        raise ValueError(f'Two videos of {source_dir}/{split} are named '
                          f'{video["video_id"]!r}: feature files are named by the source file '
                          'name, which must be unique within a split.')
       sequence = frame_features(video['frames'])
@@ -119,7 +121,7 @@ def run_snippet_features(config: ml_collections.ConfigDict, workdir: str, log=pr
     info_name = ('video_info.json' if jax.process_count() == 1
                  else f'video_info.process{jax.process_index()}.json')
     (out_dir / info_name).write_text(json.dumps(dict(settings=settings, videos=videos), indent=1))
-    log(f'Snippet features of {len(videos)} videos of {data.records_dir}/{split} '
+    log(f'Snippet features of {len(videos)} videos of {source_dir}/{split} '
         f'({encoder.source}, stride {snippets.stride}, '
         f'{snippets.num_positions or "all"} positions): {out_dir}')
   return out_root
