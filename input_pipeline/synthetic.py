@@ -11,16 +11,19 @@ clip is ambiguous, only the whole video tells the class (the paper's global-cont
 while the mean of per-frame features over the video still separates the classes (a supervised
 TSN learns them).
 
-What varies, and why:
-- Per video: the patterns' sizes, positions, periods and speeds, the switch point, the frame
-  rate, the length (some videos last under a second), the resolution, and the *scenery*: two to
-  four static shapes that every frame of the video shows, whatever phase plays.
-- Per frame: every colour (a random two-colour gradient background, a pattern colour that
-  stands out from it, the scenery in that colour's complement). Colours that lasted the video
-  would be the easiest thing for contrastive learning to match the frames of a video by, and on
-  a dataset this small it learns little else; with them flickering, the frames of a video are
-  tied together only by shapes: the scenery (different phases of one video look alike, as the
-  scene of a real video does) and the phases' patterns.
+What a video keeps, what changes, and why (what makes real videos work for VCLR):
+- Identity. A video keeps its colours, each frame moving them a little: a background that
+  blends a palette of three colours of about one luma over the whole frame (any crop shows most
+  of the palette), the phases' colour, and the colour of its *scenery*, two to four static shapes
+  that every frame shows whatever phase plays. Frames of one video, even frames of different
+  phases, look alike, so the frame-level and video-level contrastive terms have something to
+  match.
+- Time's direction. *Grains* (small discs spread over the whole frame) appear one after another
+  and stay: the share of the frame they cover grows steadily from nothing at the start to about
+  a quarter at the end. A random crop of any size, a flip or a colour change keeps that share, so
+  one augmented frame shows roughly where it lies in the video and the order term can learn.
+- Per video, besides: the patterns' sizes, positions, periods and speeds, the switch point, the
+  frame rate, the length (some videos last under a second) and the resolution.
 Everything follows from the seed.
 
 Written in the ``list`` source layout (``classes.txt``, ``train.txt``, ``test.txt``,
@@ -48,10 +51,21 @@ MAX_CLASSES = len(PHASES) * (len(PHASES) - 1) // 2
 RESOLUTIONS = ((128, 96), (160, 120), (112, 112), (144, 108), (96, 128))
 FRAME_RATES = (12, 15, 24)
 DURATION_RANGE_S = (0.6, 2.5)
-# Foreground and background luminances differ at least this much, so that every pattern stays
-# visible in grayscale (MoCo v2's augmentation turns 20% of the crops grey).
-MIN_LUMA_CONTRAST = 70.0
+# The background: a grid of colours drawn from the video's palette, smoothly interpolated over
+# the frame; fine enough that a crop of a fifth of the frame shows most of the palette. The
+# palette's lumas stay this close to the video's mid luma.
+BACKGROUND_GRID = (6, 8)
+BACKGROUND_PALETTE = 3
+BACKGROUND_LUMA_SPREAD = 15.0
+# The phases' colour and the scenery's differ from every background luma at least this much.
+MIN_LUMA_CONTRAST = 60.0
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+# Every frame moves the video's colours by this much (standard deviation per channel).
+COLOUR_WOBBLE = 6.0
+# The grains: their radius as a share of the frame's short side, and about the share of the
+# frame they cover once all have appeared (overlaps make it a little less).
+GRAIN_RADIUS = 0.035
+GRAIN_COVERAGE = 0.3
 
 Canvas = np.ndarray  # (H, W, 3) float32 in [0, 255], drawn on in place.
 Drawer = Callable[[Canvas, float, np.ndarray, np.ndarray, np.ndarray], None]
@@ -124,20 +138,44 @@ def _make_phase(name: str, rng: np.random.Generator, height: int, width: int) ->
   return draw
 
 
-def _frame_colours(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray
-                   ) -> tuple[Canvas, np.ndarray]:
-  """A random two-colour gradient background and a foreground colour that stands out from it
-  (drawn for every frame; see the module's docstring)."""
-  angle = rng.uniform(0, 2 * np.pi)
-  ramp = np.cos(angle) * xx / xx.shape[1] + np.sin(angle) * yy / yy.shape[0]
-  ramp = ((ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6))[..., None]
-  ends = rng.uniform(0, 255, (2, 3)).astype(np.float32)
-  background = ends[0] * (1 - ramp) + ends[1] * ramp
-  background_luma = float(_LUMA @ ends.mean(axis=0))
+def _colour_of_luma(rng: np.random.Generator, luma: float) -> np.ndarray:
+  """A random colour (3,) of about the given luma (BT.601), any hue."""
   while True:
-    colour = rng.uniform(0, 255, 3).astype(np.float32)
-    if abs(float(_LUMA @ colour) - background_luma) >= MIN_LUMA_CONTRAST:
-      return background.astype(np.float32), colour
+    colour = rng.uniform(0, 255, 3)
+    colour = colour + (luma - float(_LUMA @ colour))  # the weights sum to 1
+    if colour.min() >= 0 and colour.max() <= 255:
+      return colour.astype(np.float32)
+
+
+def _video_colours(rng: np.random.Generator, height: int, width: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The video's colours: a background (H, W, 3), a smooth field of the video's palette (a few
+  colours of about the same mid luma); the phases' colour; and the colour of the scenery and the
+  grains. The last two lie at opposite ends of the luma range, each at least MIN_LUMA_CONTRAST
+  away from the background, so the three layers stay apart in grayscale too (MoCo v2's
+  augmentation turns 20% of the crops grey)."""
+  mid = rng.uniform(100, 155)
+  palette = np.stack([_colour_of_luma(rng, mid + rng.uniform(-BACKGROUND_LUMA_SPREAD,
+                                                             BACKGROUND_LUMA_SPREAD))
+                      for _ in range(BACKGROUND_PALETTE)])
+  coarse = palette[rng.integers(0, BACKGROUND_PALETTE, BACKGROUND_GRID)]
+  background = _upsample(coarse, height, width)
+  bright = _colour_of_luma(rng, rng.uniform(mid + BACKGROUND_LUMA_SPREAD + MIN_LUMA_CONTRAST, 255))
+  dark = _colour_of_luma(rng, rng.uniform(0, mid - BACKGROUND_LUMA_SPREAD - MIN_LUMA_CONTRAST))
+  return (background, bright, dark) if rng.integers(2) else (background, dark, bright)
+
+
+def _upsample(coarse: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Bilinear interpolation of a (h, w, 3) grid of colours onto (height, width, 3)."""
+  def weights(count, size):
+    position = np.linspace(0, count - 1, size)
+    low = np.minimum(np.floor(position).astype(int), count - 2)
+    return low, (position - low)[:, None]
+  rows, row_weight = weights(coarse.shape[0], height)
+  columns, column_weight = weights(coarse.shape[1], width)
+  by_row = coarse[rows] * (1 - row_weight[..., None]) + coarse[rows + 1] * row_weight[..., None]
+  return (by_row[:, columns] * (1 - column_weight) + by_row[:, columns + 1] * column_weight
+          ).astype(np.float32)
 
 
 def _make_scene(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -161,6 +199,22 @@ def _make_scene(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.
   return mask
 
 
+def _make_grains(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+  """When each pixel joins the grains ((H, W), a position in the video in [0, 1], or infinity
+  for pixels no grain covers): small discs spread over the frame, appearing one after another at
+  evenly spaced times, in random order."""
+  height, width = yy.shape
+  radius = GRAIN_RADIUS * min(height, width)
+  count = max(1, int(round(GRAIN_COVERAGE * height * width / (np.pi * radius ** 2))))
+  appears = rng.permutation(np.arange(count) + rng.uniform(0, 1, count)) / count
+  centres = rng.uniform(0, 1, (count, 2)) * (width, height)
+  joins = np.full((height, width), np.inf, np.float32)
+  for (cx, cy), time in zip(centres, appears):
+    disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius ** 2
+    joins[disc] = np.minimum(joins[disc], time)
+  return joins
+
+
 def render_video(phases: tuple[str, str], rng: np.random.Generator
                  ) -> tuple[np.ndarray, int, np.ndarray]:
   """One video playing the two ``phases`` one after the other, in random order: its frames
@@ -174,16 +228,20 @@ def render_video(phases: tuple[str, str], rng: np.random.Generator
   # Each phase gets between 35% and 65% of the video.
   bounds = np.array([0.0, rng.uniform(0.35, 0.65), 1.0])
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  background, colour, marks_colour = _video_colours(rng, height, width)
   scene = _make_scene(rng, yy, xx)
+  grains_join = _make_grains(rng, yy, xx)
   frames = np.empty((num_frames, height, width, 3), np.uint8)
   playing = np.empty(num_frames, np.int32)
   for index in range(num_frames):
     position = (index + 0.5) / num_frames
     phase = int(position >= bounds[1])
     progress = (position - bounds[phase]) / (bounds[phase + 1] - bounds[phase])
-    canvas, colour = _frame_colours(rng, yy, xx)
-    canvas[scene] = 255 - colour  # the scenery in the complementary colour
-    drawers[phase](canvas, progress, yy, xx, colour)
+    wobble = rng.normal(0, COLOUR_WOBBLE, (3, 3))
+    canvas = background + wobble[0]
+    canvas[scene] = marks_colour + wobble[1]
+    drawers[phase](canvas, progress, yy, xx, colour + wobble[2])
+    canvas[grains_join <= position] = marks_colour + wobble[1]
     frames[index] = np.clip(canvas, 0, 255).astype(np.uint8)
     playing[index] = order[phase]
   return frames, fps, playing

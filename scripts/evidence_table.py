@@ -1,14 +1,16 @@
 """Evidence of learning on the synthetic dataset, with the demo's budget: writes docs/evidence.md.
 
-  python scripts/evidence_table.py --seeds=0,1 --out=runs/evidence
+  python scripts/evidence_table.py --seeds=0,1,2 --out=runs/evidence
 
-For every seed it pretrains configs/demo.py three times (loss-term ablation: frame-level only
-= inter + intra; + video; + video + order = full VCLR), evaluates each run with the linear SVM
+For every seed it pretrains configs/demo.py four times (loss-term ablation: frame-level only
+= inter + intra; + video; + order; both = full VCLR), evaluates each run with the linear SVM
 and retrieval of configs/eval_synthetic.py, evaluates the untrained network of the same
 architecture (random init), and trains the same network with labels (TSN from random init,
 configs/finetune_synthetic.py) whose backbone is then evaluated the same way (the supervised
 reference). Every number comes from a run's RUN/eval/results.json; the table reports the mean
-over seeds and each seed's value. Runs resume, so an interrupted script can be rerun.
+over seeds and each seed's value. The full runs' training accuracies at the end (the mean of
+the last logged window) come from their event files, and their curves of every term, seeds
+overlaid, go to docs/evidence_curves.png. Runs resume, so an interrupted script can be rerun.
 """
 
 import argparse
@@ -19,13 +21,22 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # run as a script from anywhere
+from vclr_jax import plots  # pylint: disable=wrong-import-position  # noqa: E402
 
 # name -> config.loss.weights overrides
 ABLATIONS = {
     'frame-level only (inter + intra)': {'video': 0.0, 'order': 0.0},
     '+ video-level': {'order': 0.0},
+    '+ order': {'video': 0.0},
     '+ video-level + order (full VCLR)': {},
 }
+FULL_VCLR = 'VCLR, + video-level + order (full VCLR)'
+# Training accuracies reported for the full runs, with their chance levels (the queues hold
+# configs/demo.py's 64 keys, so inter and video pick 1 of 65; intra 1 of 2; order 1 of 4).
+TRAINING_ACCURACIES = {'inter_acc': 1 / 65, 'intra_acc': 1 / 2, 'video_acc': 1 / 65,
+                       'order_acc': 1 / 4}
+CURVES = 'docs/evidence_curves.png'
 SUPERVISED_RUN = 'supervised'
 TSN_ROW = 'supervised TSN, its own test top-1'
 
@@ -60,11 +71,11 @@ def read_metrics(workdir, checkpoint_contains):
   return found
 
 
-def seed_results(seed, out, records_dir, full_only=False):
+def seed_results(seed, out, records_dir, *, ablation=True, supervised=True):
+  """({row: {'linear': top1, 'retrieval': R@1}}, the full VCLR run's directory) of one seed."""
   rows = {}
-  full_run = None
   for index, (name, weights) in enumerate(ABLATIONS.items()):
-    if full_only and weights:
+    if weights and not ablation:
       continue
     workdir = os.path.join(out, f'seed{seed}_ablation{index}')
     log_path = workdir + '.log'
@@ -76,13 +87,14 @@ def seed_results(seed, out, records_dir, full_only=False):
         log_path)
     evaluate(workdir, records_dir, log_path)
     rows[f'VCLR, {name}'] = read_metrics(workdir, os.path.join('checkpoints', ''))
-    full_run = workdir
+  full_run = workdir  # ABLATIONS ends with the full method
   log_path = full_run + '.log'
-  print(f'seed {seed}: random init and supervised reference', flush=True)
+  print(f'seed {seed}: random init' + (' and supervised reference' if supervised else ''),
+        flush=True)
   evaluate(full_run, records_dir, log_path, '--config.random_init=True', f'--config.seed={seed}')
   rows['random init (no training)'] = read_metrics(full_run, f'random init (seed {seed})')
-  if full_only:
-    return rows
+  if not supervised:
+    return rows, full_run
   run(['vclr_jax.evaluate', '--config=configs/finetune_synthetic.py', f'--workdir={full_run}',
        '--eval=finetune', '--config.init=random', f'--config.seed={seed}',
        f'--config.name={SUPERVISED_RUN}', f'--config.data.records_dir={records_dir}'], log_path)
@@ -90,7 +102,13 @@ def seed_results(seed, out, records_dir, full_only=False):
   rows['supervised with labels (TSN from random init)'] = read_metrics(
       full_run, 'fine-tuned backbone')
   rows[TSN_ROW] = {'top1': read_tsn_top1(full_run)}
-  return rows
+  return rows, full_run
+
+
+def final_training_accuracies(workdir):
+  """{tag: value} of the last logged window of the run's TRAINING_ACCURACIES."""
+  curves = plots.read_scalars(workdir)
+  return {tag: float(curves[tag][1][-1]) for tag in TRAINING_ACCURACIES}
 
 
 def read_tsn_top1(workdir):
@@ -101,49 +119,78 @@ def read_tsn_top1(workdir):
           if e['protocol'] == f'finetune ({SUPERVISED_RUN})'][-1]
 
 
-def format_table(per_seed, seeds):
+def cell(values):
+  """'**mean** (each value)' of percentages."""
+  return f'**{sum(values) / len(values):.1f}** ({", ".join(f"{v:.1f}" for v in values)})'
+
+
+def format_table(per_seed):
   order = ['random init (no training)', *[f'VCLR, {name}' for name in ABLATIONS],
            'supervised with labels (TSN from random init)']
   lines = ['| encoder | linear top-1 (%) | retrieval R@1 (%) |', '| --- | --- | --- |']
-  for row in (row for row in order if row in per_seed[seeds[0]]):
-    cells = []
-    for metric in ('linear', 'retrieval'):
-      values = [100 * per_seed[seed][row][metric] for seed in seeds]
-      mean = sum(values) / len(values)
-      cells.append(f'**{mean:.1f}** ({", ".join(f"{v:.1f}" for v in values)})')
-    lines.append(f'| {row} | {cells[0]} | {cells[1]} |')
+  for row in order:
+    seeds = [seed for seed, rows in per_seed.items() if row in rows]
+    if not seeds:
+      continue
+    label = row if len(seeds) == len(per_seed) else (
+        f'{row} (seed{"s" if len(seeds) > 1 else ""} {", ".join(map(str, seeds))})')
+    cells = [cell([100 * per_seed[seed][row][metric] for seed in seeds])
+             for metric in ('linear', 'retrieval')]
+    lines.append(f'| {label} | {cells[0]} | {cells[1]} |')
+  return '\n'.join(lines)
+
+
+def format_accuracies(accuracies):
+  """The full runs' training accuracies at the end, one row per term, against chance."""
+  lines = ['| term | chance (%) | training top-1 at the end (%) |', '| --- | --- | --- |']
+  for tag, chance in TRAINING_ACCURACIES.items():
+    values = [100 * by_tag[tag] for by_tag in accuracies.values()]
+    lines.append(f'| {tag.removesuffix("_acc")} | {100 * chance:.1f} | {cell(values)} |')
   return '\n'.join(lines)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--seeds', default='0,1', help='comma-separated pretraining seeds')
+  parser.add_argument('--seeds', default='0,1,2', help='comma-separated pretraining seeds')
+  parser.add_argument('--ablation_seeds', default=None,
+                      help='the seeds that also run the ablation rows (default: all --seeds)')
   parser.add_argument('--out', default='runs/evidence', help='folder for the runs and logs')
   parser.add_argument('--data', default='data', help='where the synthetic dataset lives')
-  parser.add_argument('--doc', default='docs/evidence.md', help='the table is written here')
+  parser.add_argument('--doc', default='docs/evidence.md', help='the tables are written here')
   parser.add_argument('--full_only', action='store_true',
                       help='only full VCLR and random init (no ablation, no supervised rows)')
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(',')]
+  ablation_seeds = seeds if args.ablation_seeds is None else [
+      int(s) for s in args.ablation_seeds.split(',') if s]
   out = os.path.abspath(args.out)
   records_dir = os.path.abspath(os.path.join(args.data, 'synthetic_records'))
   if not os.path.isdir(records_dir):
     raise SystemExit(f'{records_dir} not found: run bash scripts/demo.sh once (it prepares the '
                      'synthetic dataset), or pass --data.')
   start = time.time()
-  per_seed = {seed: seed_results(seed, out, records_dir, args.full_only) for seed in seeds}
-  table = format_table(per_seed, seeds)
+  per_seed, full_runs = {}, {}
+  for seed in seeds:
+    per_seed[seed], full_runs[seed] = seed_results(
+        seed, out, records_dir, ablation=not args.full_only and seed in ablation_seeds,
+        supervised=not args.full_only)
+  table = format_table(per_seed)
   if not args.full_only:
-    tsn = [100 * per_seed[seed][TSN_ROW]['top1'] for seed in seeds]
     table += (f'\n\nThe supervised TSN itself (3 segments, test on 8 frames, predictions '
-              f'averaged) reaches test top-1 **{sum(tsn) / len(tsn):.1f}** '
-              f'({", ".join(f"{v:.1f}" for v in tsn)}).')
-  flags = ' --full_only' if args.full_only else ''
+              f'averaged) reaches test top-1 '
+              f'{cell([100 * per_seed[seed][TSN_ROW]["top1"] for seed in seeds])}.')
+  accuracies = format_accuracies(
+      {seed: final_training_accuracies(workdir) for seed, workdir in full_runs.items()})
+  plots.plot_runs({f'seed {seed}': workdir for seed, workdir in full_runs.items()},
+                  os.path.join(REPO, CURVES))
+  flags = ' --full_only' if args.full_only else (
+      f' --ablation_seeds={args.ablation_seeds}' if args.ablation_seeds is not None else '')
   minutes = (time.time() - start) / 60
   with open(os.path.join(REPO, args.doc), 'w') as f:
-    f.write(EVIDENCE_TEMPLATE.format(table=table, seeds=args.seeds, minutes=minutes,
-                                     command=f'python scripts/evidence_table.py --seeds={args.seeds}{flags}'))
-  print(table)
+    f.write(EVIDENCE_TEMPLATE.format(
+        table=table, accuracies=accuracies, seeds=args.seeds, minutes=minutes, curves_name=os.path.basename(CURVES),
+        command=f'python scripts/evidence_table.py --seeds={args.seeds}{flags}'))
+  print(table, accuracies, sep='\n\n')
 
 
 EVIDENCE_TEMPLATE = """# Evidence of learning on the synthetic dataset
@@ -154,15 +201,29 @@ Every encoder is the demo's network (configs/demo.py: quarter-width ResNet-18, 9
 embedded synthetic dataset (12 classes, 288 training and 96 test videos), evaluated with
 configs/eval_synthetic.py: features averaged over 8 frames, linear SVM (LinearSVC, C=1, no
 bias) trained on the training split and tested on the test split, retrieval R@1 of test
-queries against the training gallery. Pretraining uses the demo's budget (45 epochs, 405 steps). Cells:
-**mean over seeds {seeds}** (each seed's value). Chance is 8.3%.
+queries against the training gallery. Pretraining uses the demo's budget (45 epochs, 405
+steps). Cells: **mean over seeds {seeds}** (each seed's value); a row run for fewer seeds names
+them. Chance is 8.3%.
 
 {table}
 
 The VCLR rows are the loss-term ablation: frame-level only trains inter + intra
-(config.loss.weights.video = order = 0), then the video-level loss is added, then the order
-loss (the full method). The supervised row trains the same network with the class labels
-(TSN, configs/finetune_synthetic.py with init=random) and evaluates its backbone the same way.
+(config.loss.weights.video = order = 0); then the video-level loss or the order loss is added;
+the last row has both (the full method). The supervised row trains the same network with the
+class labels (TSN, configs/finetune_synthetic.py with init=random) and evaluates its backbone
+the same way.
+
+## Does every term learn?
+
+Training accuracies of the full VCLR runs at the end of pretraining (the mean over the last
+logged window of 15 steps; inter and video pick the positive key among it and the queue's 64
+negatives, intra the same frame against another frame of the video, order one of 4 labels):
+
+{accuracies}
+
+Every term's loss and accuracy, and the learning rate, over the run (seeds overlaid):
+
+![training curves of the full VCLR runs]({curves_name})
 """
 
 

@@ -48,6 +48,7 @@ def tiny_config(**overrides):
   config.queue_size = 48
   config.num_epochs = 4
   config.optim.warmup_epochs = 1
+  config.optim.base_lr = 0.1  # the reference's rule: the suite's learning margins were set at it
   config.model.depth = 10
   config.model.width_multiplier = 0.125
   config.model.shuffle_bn_groups_per_device = 2
@@ -78,6 +79,8 @@ LONGEST_FILES = ('test_train_step.py',  # 224 in several tests
                  'test_bn_batching.py',  # 119
                  'test_eval_end_to_end.py',  # 188
                  'test_divergence.py',  # 109
+                 'test_synthetic_learning.py',  # 118 alone, beside another run
+                 'test_tfds.py',  # 71 alone, beside another run
                  'test_input_damage.py',  # 58
                  'test_checkpointing.py',  # 67
                  'test_gcs_run.py')  # 103

@@ -59,13 +59,58 @@ def test_videos_vary_and_play_their_phases_in_both_orders():
     assert 0.25 < np.mean(playing == 0) < 0.75
     first_phases.add(int(playing[0]))
     # What the frames show matches the phase said to play: horizontal bars change along y,
-    # vertical rain streaks along x.
-    for frame, phase in zip(frames, playing):
-      along_x, along_y = _edge_energy(frame)
-      assert (along_y > along_x) == (phase == 0), (video, phase, along_x, along_y)
-    # Colours are drawn for every frame.
-    means = frames.reshape(len(frames), -1, 3).mean(axis=1)
-    assert np.abs(np.diff(means, axis=0)).max(axis=1).mean() > 20
+    # vertical rain streaks along x (in nearly every frame: the round grains and the scenery
+    # change along both, and can outweigh a few thin streaks).
+    matches = [(_edge_energy(frame)[1] > _edge_energy(frame)[0]) == (phase == 0)
+               for frame, phase in zip(frames, playing)]
+    assert np.mean(matches) >= 0.85, (video, matches)
   assert min(lengths) < 1.0 and max(lengths) > 1.8
   assert len(sizes) >= 3
   assert first_phases == {0, 1}
+
+
+def _colour_histogram(frame, bins=4):
+  quantised = (frame.reshape(-1, 3) // (256 // bins)).astype(np.int64)
+  counts = np.bincount((quantised * [bins * bins, bins, 1]).sum(axis=1), minlength=bins ** 3)
+  return counts / counts.sum()
+
+
+def test_a_video_keeps_its_identity_across_phases():
+  # The frames of a video, far apart in time (other phase included), look more alike than
+  # frames of other videos of the same class: each frame's nearest neighbour by colour
+  # histogram, among frames at least a third of a video away in its own video and all frames
+  # of the others, comes from its own video.
+  videos = [synthetic.render_video(('stripes', 'checker'), np.random.default_rng([1, video]))[0]
+            for video in range(12)]
+  histograms = [np.stack([_colour_histogram(frame) for frame in frames]) for frames in videos]
+  hits = []
+  for video, frames in enumerate(histograms):
+    for index, histogram in enumerate(frames):
+      far = np.abs(np.arange(len(frames)) - index) >= len(frames) / 3
+      own = np.abs(frames[far] - histogram).sum(axis=1).min()
+      others = min(np.abs(h - histogram).sum(axis=1).min()
+                   for other, h in enumerate(histograms) if other != video)
+      hits.append(own < others)
+  assert np.mean(hits) > 0.9, np.mean(hits)
+
+
+def test_grains_cover_a_growing_share_of_any_crop():
+  height, width = 96, 128
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  joins = synthetic._make_grains(np.random.default_rng(3), yy, xx)
+  positions = np.linspace(0, 1, 21)
+  shares = np.array([np.mean(joins <= p) for p in positions])
+  assert shares[0] == 0 and np.all(np.diff(shares) >= 0)
+  assert 0.2 < shares[-1] < 0.3
+  # Grains appear at evenly spaced times, so the share grows steadily, not in a few jumps.
+  assert np.abs(shares - positions * shares[-1]).max() < 0.05
+  # A crop of a fifth of the frame, anywhere, still shows more grains late than early: what lets
+  # one augmented frame tell roughly where it lies in time.
+  rng = np.random.default_rng(0)
+  later = []
+  for _ in range(50):
+    h, w = int(height * 0.45), int(width * 0.45)
+    top, left = rng.integers(0, height - h), rng.integers(0, width - w)
+    crop = joins[top:top + h, left:left + w]
+    later.append(np.mean(crop <= 0.8) > np.mean(crop <= 0.2))
+  assert np.mean(later) > 0.95
