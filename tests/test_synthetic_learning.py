@@ -42,6 +42,5 @@ def test_short_run_lowers_every_loss_term(records_dir, tmp_path):
   chance = {'inter': np.log(config.queue_size + 1), 'intra': np.log(2),
             'video': np.log(config.queue_size + 1), 'order': np.log(4)}
   last_window = {term: curves[f'loss_{term}'][1][-3:].mean() for term in TERMS}
-  print({term: (round(float(chance[term]), 3), round(float(v), 3)) for term, v in last_window.items()})
   for term in TERMS:
     assert last_window[term] < chance[term] - 0.05, (term, chance, last_window)
