@@ -2,8 +2,9 @@
 
   python -m vclr_jax.export --workdir=RUN [--step=N] --format=torchvision --out=r50.pth
 
-With torch and torchvision installed, the export verifies itself: torchvision's ResNet loads the
-written file (strict) and must give the same pooled features as our model on random frames.
+With torch and torchvision installed, the export verifies itself: torchvision's network (ResNet,
+or r3d_18 / s3d for a 3D backbone) loads the written file (strict) and must give the same pooled
+features as our model on random frames or clips.
 See docs/interop.md.
 """
 
@@ -18,9 +19,10 @@ from vclr_jax.interop.exporting import FORMATS, export_encoder, export_metadata
 
 
 def export_and_verify(variables: Mapping, out: str, fmt: str, metadata: Mapping, *,
-                      verify: bool = True, image_size: int = 224):
+                      verify: bool = True, image_size: int = 224, num_frames: int = 16):
   """Writes the export and, where torch is installed, verifies it; returns the Verification
-  (None when not verified). Raises RuntimeError when the features disagree."""
+  (None when not verified). Raises RuntimeError when the features disagree. A 3D backbone is
+  verified on clips of ``num_frames`` frames."""
   for path in export_encoder(variables, out, fmt, metadata):
     print(f'Wrote {path}')
   if not verify:
@@ -28,10 +30,17 @@ def export_and_verify(variables: Mapping, out: str, fmt: str, metadata: Mapping,
   if not all(importlib.util.find_spec(m) for m in ('torch', 'torchvision')):
     print('torch/torchvision not installed: export written but not verified.')
     return None
-  from vclr_jax.interop.verification import verify_export
-  result = verify_export(out, fmt, variables, depth=metadata['depth'],
-                         width_multiplier=metadata['width_multiplier'], image_size=image_size)
-  print(f'Verified with torchvision {metadata["architecture"]} on random {image_size}px frames: '
+  from vclr_jax.interop import verification
+  if metadata['depth'] is None:  # a 3D backbone (see export_metadata)
+    result = verification.verify_video_export(
+        out, fmt, variables, architecture=metadata['architecture'],
+        width_multiplier=metadata['width_multiplier'], image_size=image_size,
+        num_frames=num_frames)
+  else:
+    result = verification.verify_export(out, fmt, variables, depth=metadata['depth'],
+                                        width_multiplier=metadata['width_multiplier'],
+                                        image_size=image_size)
+  print(f'Verified with torchvision {metadata["architecture"]} on random {result.inputs}: '
         f'max abs feature difference {result.max_abs_difference:.3g} '
         f'(tolerance {result.tolerance:.3g}, features up to {result.max_abs_feature:.3g}).')
   if not result.passed:

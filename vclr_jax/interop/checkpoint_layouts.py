@@ -5,7 +5,9 @@ without torch) and how their keys are read; see docs/interop.md for the user-fac
 
 - torchvision ``resnet18/34/50`` state dict, bare or as ``{'state_dict': ...}`` (also our
   torchvision and safetensors exports): ``conv1.weight``, ``layer1.0.bn1.running_mean``, ...
-  The ImageNet classifier ``fc.weight``/``fc.bias`` is ignored.
+  The ImageNet classifier ``fc.weight``/``fc.bias`` is ignored. The same for the 3D backbones'
+  torchvision ``r3d_18`` (``stem.0.weight``, ...; ``fc.*`` ignored) and ``s3d``
+  (``features.0.0.0.weight``, ...; ``classifier.1.*`` ignored).
 - MoCo v1/v2 checkpoint ``{'state_dict': {'module.encoder_q.<torchvision key>', ...}}``: the
   query encoder is read; its MLP projection head ``fc.0``/``fc.2`` is copied into all four VCLR
   heads, as the reference code does when it starts from MoCo. ``module.encoder_k.*`` and the
@@ -38,6 +40,7 @@ _MOCO_QUERY_PREFIX = 'module.encoder_q.'
 _MMACTION2_PREFIX = 'backbone.'
 _MOCO_PROJECTION = ('fc.0.weight', 'fc.0.bias', 'fc.2.weight', 'fc.2.bias')
 _TORCHVISION_CLASSIFIER = ('fc.weight', 'fc.bias')
+_S3D_CLASSIFIER = ('classifier.1.weight', 'classifier.1.bias')  # classifier.0 is Dropout
 
 
 @dataclasses.dataclass
@@ -114,8 +117,8 @@ def _recognise(path: str, contents) -> TorchWeights:
   for name, key in renamed.items():
     if name.endswith('.' + BN_COUNTER):
       ignored.setdefault('BatchNorm step counters (flax keeps none)', []).append(key)
-    elif layout != 'moco' and name in _TORCHVISION_CLASSIFIER:
-      ignored.setdefault('torchvision ImageNet classifier', []).append(key)
+    elif layout != 'moco' and name in _TORCHVISION_CLASSIFIER + _S3D_CLASSIFIER:
+      ignored.setdefault('torchvision classifier', []).append(key)
     else:
       tensors[name], sources[name] = _to_numpy(path, key, state[key]), key
   if layout == 'moco':

@@ -17,28 +17,37 @@ from etils import epath
 
 from vclr_jax.augment import IMAGENET_MEAN, IMAGENET_STD
 from vclr_jax.interop.torch_layout import backbone_state_dict, mmaction2_name
-from vclr_jax.models.resnet import feature_dim
+from vclr_jax.models import resnet, video3d
 
 FORMATS = ('torchvision', 'mmaction2', 'safetensors')
 
 
-def export_metadata(*, depth: int, width_multiplier: float, step: int | None,
-                    source: str) -> dict:
-  """What a user of the exported weights needs to know, as a flat JSON-able dict."""
+def export_metadata(*, width_multiplier: float, step: int | None, source: str,
+                    depth: int | None = None, architecture: str | None = None) -> dict:
+  """What a user of the exported weights needs to know, as a flat JSON-able dict.
+
+  The backbone is a 2D ResNet of ``depth`` (architecture 'resnet<depth>') or, given
+  ``architecture`` instead, a 3D one of ``video3d.ARCHITECTURES`` ('r3d_18', 's3d'; depth null).
+  """
+  if (depth is None) == (architecture is None):
+    raise ValueError('export_metadata: give either depth (a 2D ResNet) or architecture (a 3D '
+                     f'backbone), got depth={depth!r}, architecture={architecture!r}.')
+  video = architecture is not None
   return {
       'exported_by': 'vclr_jax',
       'encoder': 'online (query) encoder backbone, globally average-pooled features',
-      'architecture': f'resnet{depth}',
+      'architecture': architecture if video else f'resnet{depth}',
       'depth': depth,
       'width_multiplier': width_multiplier,
-      'feature_dim': feature_dim(depth, width_multiplier),
+      'feature_dim': (video3d.feature_dim(architecture, width_multiplier) if video else
+                      resnet.feature_dim(depth, width_multiplier)),
       'step': step,
       'source': source,
       'input_channels': 'RGB',
       'input_scale': 'pixel / 255, i.e. [0, 1], before mean/std',
       'input_mean': list(IMAGENET_MEAN),  # RGB in [0, 1], as REFERENCE.md
       'input_std': list(IMAGENET_STD),
-      'input_layout': 'NCHW float32',
+      'input_layout': 'NCTHW float32' if video else 'NCHW float32',
   }
 
 
@@ -58,6 +67,12 @@ def export_encoder(variables: Mapping, out: str, fmt: str, metadata: Mapping) ->
   """
   if fmt not in FORMATS:
     raise ValueError(f'--format must be one of {FORMATS}, got {fmt!r}.')
+  if fmt == 'mmaction2' and metadata['architecture'] in video3d.ARCHITECTURES:
+    # mmaction2's 3D backbones are networks of their own (ResNet3d's stem, pooling and
+    # strides follow its config), not torchvision's r3d_18 / s3d under other names; no mapping
+    # to them is written or verified.
+    raise ValueError(f'--format=mmaction2 is for 2D ResNets; export the '
+                     f'{metadata["architecture"]} backbone as torchvision or safetensors.')
   state = backbone_state_dict(variables)
   epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
   metadata = dict(metadata, key_layout=fmt)

@@ -13,7 +13,7 @@ from vclr_jax.interop.torch_layout import (flatten_variables, from_torch_array, 
                                            torch_shape)
 
 _LAYOUT_DESCRIPTIONS = {
-    'torchvision': 'torchvision ResNet state dict',
+    'torchvision': 'torchvision ResNet, r3d_18 or s3d state dict',
     'moco': 'MoCo checkpoint (query encoder; its projection head copied into all four heads)',
     'vclr_reference': 'reference VCLR checkpoint',
     'mmaction2': 'mmaction2 checkpoint (backbone only)',

@@ -8,11 +8,14 @@ reference model is a torchvision ResNet with extra heads attached, so its backbo
 torchvision's (``conv1.weight``, ``layer1.0.bn1.running_mean``, ``layer1.0.downsample.0.weight``)
 and its heads are ``fc_inter``, ``fc_intra``, ``fc_tsn`` (our ``video`` head), ``fc_order``
 (each a Sequential: ``.0`` Linear, ``.2`` Linear) and ``fc_order_classifier``.
+
+The 3D backbones (``vclr_jax.models.video3d``) are torchvision's ``r3d_18`` and ``s3d``, whose
+backbone keys (``stem.0.weight``, ``layer1.0.conv1.1.running_mean``,
+``features.5.branch1.1.0.0.weight``) are their Flax module paths with '_' read as '.'.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -29,7 +32,7 @@ _LEAF_NAMES = {
     'params': {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'},
     'batch_stats': {'mean': 'running_mean', 'var': 'running_var'},
 }
-_BLOCK_NAME = re.compile(r'^layer(\d)_(\d+)$')
+# Flax module names that are not torch's with '.' written '_' (ResNet's and the heads').
 _SUBMODULE_NAMES = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1',
                     'fc0': '0', 'fc2': '2'}
 
@@ -39,7 +42,8 @@ BN_COUNTER = 'num_batches_tracked'
 
 def torch_name(flax_path: tuple[str, ...]) -> str:
   """Canonical torch name of a VCLR variable, e.g. ('params', 'backbone', 'layer1_0', 'bn1',
-  'scale') -> 'layer1.0.bn1.weight', ('params', 'video_head', 'fc0', 'kernel') -> 'fc_tsn.0.weight'.
+  'scale') -> 'layer1.0.bn1.weight', ('params', 'video_head', 'fc0', 'kernel') -> 'fc_tsn.0.weight',
+  ('batch_stats', 'backbone', 'layer1_0', 'conv1_1', 'mean') -> 'layer1.0.conv1.1.running_mean'.
   """
   collection, top, *modules, leaf = flax_path
   if collection not in _LEAF_NAMES or leaf not in _LEAF_NAMES[collection]:
@@ -52,9 +56,7 @@ def torch_name(flax_path: tuple[str, ...]) -> str:
     parts = [ORDER_CLASSIFIER_MODULE]
   else:
     raise ValueError(f'No PyTorch name for variable {"/".join(flax_path)}.')
-  for module in modules:
-    block = _BLOCK_NAME.match(module)
-    parts.append(f'layer{block[1]}.{block[2]}' if block else _SUBMODULE_NAMES.get(module, module))
+  parts += [_SUBMODULE_NAMES.get(module, module.replace('_', '.')) for module in modules]
   return '.'.join(parts + [_LEAF_NAMES[collection][leaf]])
 
 
@@ -62,7 +64,8 @@ def _torch_axes(flax_path: tuple[str, ...], ndim: int) -> tuple[int, ...] | None
   """Axis order that turns a flax array into torch's layout, None where they agree."""
   if flax_path[-1] != 'kernel':
     return None
-  return {4: (3, 2, 0, 1), 2: (1, 0)}.get(ndim)  # conv HWIO -> OIHW, Dense (in,out) -> (out,in)
+  # Conv THWIO -> OITHW, HWIO -> OIHW, Dense (in, out) -> (out, in).
+  return {5: (4, 3, 0, 1, 2), 4: (3, 2, 0, 1), 2: (1, 0)}.get(ndim)
 
 
 def torch_shape(flax_path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -97,7 +100,8 @@ _TENSOR_ORDER = ('weight', 'bias', 'running_mean', 'running_var', BN_COUNTER)
 
 
 def _torchvision_key_order(name: str) -> tuple[int, int, int, int]:
-  """Sort key giving torchvision's state_dict order (some scripts pair keys by position)."""
+  """Sort key giving torchvision's ResNet state_dict order (some scripts pair keys by
+  position)."""
   *modules, leaf = name.split('.')
   if modules[0].startswith('layer'):
     stage, block, submodule = int(modules[0][len('layer'):]), int(modules[1]), modules[2:]
@@ -106,12 +110,24 @@ def _torchvision_key_order(name: str) -> tuple[int, int, int, int]:
   return stage, block, _BLOCK_MODULE_ORDER.index('.'.join(submodule)), _TENSOR_ORDER.index(leaf)
 
 
+def _torchvision_video_key_order(name: str) -> tuple:
+  """Sort key giving torchvision's r3d_18 / s3d state_dict order: their modules are defined in
+  the natural order of their dotted paths (numbers as numbers), except r3d's stem, which
+  precedes its layers."""
+  *modules, leaf = name.split('.')
+  # Within one Sequential every child is a number, elsewhere every child a name, so the two
+  # kinds of segment never meet at one position.
+  segments = tuple((int(m), '') if m.isdigit() else (-1, m) for m in modules)
+  return modules[0] != 'stem', segments, _TENSOR_ORDER.index(leaf)
+
+
 def backbone_state_dict(variables: Mapping) -> dict[str, np.ndarray]:
-  """torchvision ``resnet*`` state dict (without the classifier ``fc``) of a VCLR backbone.
+  """torchvision state dict of a VCLR backbone: ``resnet*`` without the classifier ``fc``,
+  ``r3d_18`` without ``fc`` or ``s3d`` without ``classifier``.
 
   Keys come in torchvision's order. BatchNorm's ``num_batches_tracked`` counters are included
-  (as 0) so that torchvision loads the result with ``strict=True`` once its ``fc`` is replaced
-  by ``torch.nn.Identity()``.
+  (as 0) so that torchvision loads the result with ``strict=True`` once its classifier is
+  replaced by ``torch.nn.Identity()``.
   """
   state = {}
   for path, value in flatten_variables(variables).items():
@@ -121,7 +137,9 @@ def backbone_state_dict(variables: Mapping) -> dict[str, np.ndarray]:
     state[name] = to_torch_array(path, value)
     if name.endswith('.running_mean'):
       state[name[:-len('running_mean')] + BN_COUNTER] = np.zeros((), np.int64)
-  return {name: state[name] for name in sorted(state, key=_torchvision_key_order)}
+  # The 2D ResNet's stem is conv1; the 3D networks' are stem.* and features.0.*.
+  key = _torchvision_key_order if 'conv1.weight' in state else _torchvision_video_key_order
+  return {name: state[name] for name in sorted(state, key=key)}
 
 
 def mmaction2_name(torchvision_name: str) -> str:

@@ -1,7 +1,8 @@
-"""Proves an export: torchvision's ResNet with the exported weights computes our features.
+"""Proves an export: torchvision's network with the exported weights computes our features.
 
-Both models run in inference mode on the same random frames; the largest absolute difference of
-the pooled features is returned. torch and torchvision are imported here only.
+Both models run in inference mode on the same random frames (2D ResNets) or clips (r3d_18,
+s3d); the largest absolute difference of the pooled features is returned. torch and torchvision
+are imported here only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from etils import epath
 from vclr_jax.interop.torch_layout import torchvision_name_from_mmaction2
 from vclr_jax.interop.torchvision_compat import import_torchvision
 from vclr_jax.models.resnet import STAGE_BLOCKS, ResNet
+from vclr_jax.models.video3d import scaled, video_backbone
 
 # float32 convolutions in two libraries agree to ~1e-6 relative; this leaves margin.
 RELATIVE_TOLERANCE = 1e-4
@@ -28,6 +30,20 @@ class Verification:
   max_abs_difference: float
   max_abs_feature: float
   image_size: int
+  num_frames: int | None = None  # clips of this many frames; None for single frames
+
+  @classmethod
+  def of(cls, ours: np.ndarray, theirs: np.ndarray, image_size: int,
+         num_frames: int | None = None) -> Verification:
+    return cls(float(np.abs(ours - theirs).max()), float(np.abs(ours).max()), image_size,
+               num_frames)
+
+  @property
+  def inputs(self) -> str:
+    """What both models ran on, for messages."""
+    if self.num_frames is None:
+      return f'{self.image_size}px frames'
+    return f'{self.num_frames}-frame {self.image_size}px clips'
 
   @property
   def tolerance(self) -> float:
@@ -65,6 +81,41 @@ def torchvision_resnet(depth: int, width_multiplier: float = 1.0):
   return model
 
 
+def torchvision_video_model(architecture: str, width_multiplier: float = 1.0):
+  """torchvision ``r3d_18()`` or ``s3d()`` returning our pooled features of (N, 3, T, H, W)
+  clips: r3d_18's ``fc`` becomes Identity; so do s3d's ``classifier`` and its AvgPool3d(2, 7, 7),
+  which leaves its forward's closing mean over (T, H, W) as the global mean of ``features(x)``.
+
+  For width_multiplier != 1 every Conv3d and BatchNorm3d is replaced by one with the channel
+  counts scaled as ours (the first conv keeps its 3 input channels) and otherwise torchvision's
+  kernel size, stride, padding, eps and momentum: torchvision's wiring at our widths.
+  """
+  import torch.nn as nn
+  video = import_torchvision().models.video
+  if architecture == 'r3d_18':
+    model = video.r3d_18()
+    model.fc = nn.Identity()
+  elif architecture == 's3d':
+    model = video.s3d()
+    model.avgpool = model.classifier = nn.Identity()
+  else:
+    raise ValueError(f'No torchvision video model {architecture!r}; expected r3d_18 or s3d.')
+  if width_multiplier != 1.0:
+    narrow = lambda channels: scaled(channels, width_multiplier)
+    first_conv = True
+    for name, module in list(model.named_modules()):
+      if isinstance(module, nn.Conv3d):
+        in_channels = module.in_channels if first_conv else narrow(module.in_channels)
+        first_conv = False
+        model.set_submodule(name, nn.Conv3d(
+            in_channels, narrow(module.out_channels), module.kernel_size, module.stride,
+            module.padding, bias=module.bias is not None))
+      elif isinstance(module, nn.BatchNorm3d):
+        model.set_submodule(name, nn.BatchNorm3d(narrow(module.num_features), module.eps,
+                                                 module.momentum))
+  return model
+
+
 def read_exported_state_dict(path: str, fmt: str) -> dict:
   """The exported file as a torchvision state dict of torch tensors, read as a user would."""
   import torch
@@ -79,32 +130,56 @@ def read_exported_state_dict(path: str, fmt: str) -> dict:
   return contents
 
 
+def backbone_features(backbone, variables: Mapping, inputs: np.ndarray) -> np.ndarray:
+  """Pooled features of channels-last ``inputs`` from the Flax module ``backbone`` with the
+  backbone of VCLR ``variables``, inference mode."""
+  backbone_variables = {'params': variables['params']['backbone'],
+                        'batch_stats': variables['batch_stats']['backbone']}
+  return np.asarray(_inference_fn(backbone)(backbone_variables, inputs))
+
+
 def flax_features(variables: Mapping, frames: np.ndarray, depth: int,
                   width_multiplier: float) -> np.ndarray:
-  """Pooled features of NHWC ``frames`` from the backbone of VCLR ``variables``, inference mode."""
-  backbone = {'params': variables['params']['backbone'],
-              'batch_stats': variables['batch_stats']['backbone']}
-  return np.asarray(_inference_fn(depth, width_multiplier)(backbone, frames))
+  """Pooled features of NHWC ``frames`` from the ResNet backbone of VCLR ``variables``."""
+  return backbone_features(ResNet(depth, width_multiplier), variables, frames)
 
 
 @functools.cache
-def _inference_fn(depth: int, width_multiplier: float):
+def _inference_fn(backbone):
   """One jitted function per architecture, so repeated verifications reuse the compilation."""
-  return jax.jit(lambda v, x: ResNet(depth, width_multiplier).apply(v, x, train=False))
+  return jax.jit(lambda v, x: backbone.apply(v, x, train=False))
+
+
+def torch_features(model, inputs: np.ndarray) -> np.ndarray:
+  """``model``'s output, inference mode, on channels-last ``inputs`` (N, ..., C) handed over
+  channels-first as torch takes them."""
+  import torch
+  channels_first = (0, inputs.ndim - 1) + tuple(range(1, inputs.ndim - 1))
+  model.eval()
+  with torch.no_grad():
+    return model(torch.from_numpy(inputs.transpose(channels_first).copy())).numpy()
 
 
 def verify_export(path: str, fmt: str, variables: Mapping, *, depth: int,
                   width_multiplier: float, image_size: int = 224, batch_size: int = 2,
                   seed: int = 0) -> Verification:
-  """Loads ``path`` into torchvision (strict) and compares its features with ours."""
-  import torch
+  """Loads ``path`` into torchvision's ResNet (strict) and compares its features with ours."""
   model = torchvision_resnet(depth, width_multiplier)
   model.load_state_dict(read_exported_state_dict(path, fmt), strict=True)
-  model.eval()
   frames = np.random.default_rng(seed).standard_normal(
       (batch_size, image_size, image_size, 3)).astype(np.float32)
-  with torch.no_grad():
-    torch_features = model(torch.from_numpy(frames.transpose(0, 3, 1, 2).copy())).numpy()
-  ours = flax_features(variables, frames, depth, width_multiplier)
-  return Verification(float(np.abs(ours - torch_features).max()), float(np.abs(ours).max()),
-                      image_size)
+  return Verification.of(flax_features(variables, frames, depth, width_multiplier),
+                         torch_features(model, frames), image_size)
+
+
+def verify_video_export(path: str, fmt: str, variables: Mapping, *, architecture: str,
+                        width_multiplier: float, image_size: int = 112, num_frames: int = 16,
+                        batch_size: int = 2, seed: int = 0) -> Verification:
+  """Loads ``path`` into torchvision's r3d_18 / s3d (strict) and compares its features with ours
+  on random (batch_size, num_frames, image_size, image_size, 3) clips."""
+  model = torchvision_video_model(architecture, width_multiplier)
+  model.load_state_dict(read_exported_state_dict(path, fmt), strict=True)
+  clips = np.random.default_rng(seed).standard_normal(
+      (batch_size, num_frames, image_size, image_size, 3)).astype(np.float32)
+  ours = backbone_features(video_backbone(architecture, width_multiplier), variables, clips)
+  return Verification.of(ours, torch_features(model, clips), image_size, num_frames)

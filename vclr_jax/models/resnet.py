@@ -38,7 +38,8 @@ def accumulation_dtype(dtype):
 
 
 class BatchNorm(nn.Module):
-  """torch.nn.BatchNorm2d semantics over NHWC, with grouped or cross-device statistics.
+  """torch.nn.BatchNorm2d/3d semantics over NHWC or NTHWC (statistics over every axis but the
+  channels), with grouped or cross-device statistics.
 
   Attributes:
     groups: in training, the batch is split into this many equal consecutive groups and
