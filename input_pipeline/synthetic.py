@@ -60,6 +60,8 @@ BACKGROUND_LUMA_SPREAD = 15.0
 # The phases' colour and the scenery's differ from every background luma at least this much.
 MIN_LUMA_CONTRAST = 60.0
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+REJECTION_BLOCK = 4096
+REJECTION_BLOCKS = 1000
 # Every frame moves the video's colours by this much (standard deviation per channel).
 COLOUR_WOBBLE = 6.0
 # The grains: their radius as a share of the frame's short side, and about the share of the
@@ -139,12 +141,28 @@ def _make_phase(name: str, rng: np.random.Generator, height: int, width: int) ->
 
 
 def _colour_of_luma(rng: np.random.Generator, luma: float) -> np.ndarray:
-  """A random colour (3,) of about the given luma (BT.601), any hue."""
-  while True:
-    colour = rng.uniform(0, 255, 3)
-    colour = colour + (luma - float(_LUMA @ colour))  # the weights sum to 1
-    if colour.min() >= 0 and colour.max() <= 255:
-      return colour.astype(np.float32)
+  """A random colour (3,) of about the given luma (BT.601), any hue.
+
+  Draws colours until one shifted to that luma fits in [0, 255], a block of draws at a time,
+  and leaves the generator where drawing one at a time would, so the videos stay those of
+  earlier versions byte for byte. Near black or white a fit takes millions of draws, and exactly
+  at them none fits: after REJECTION_BLOCKS blocks, the grey of that luma plus a random chroma
+  that fits.
+  """
+  for _ in range(REJECTION_BLOCKS):
+    start = rng.bit_generator.state
+    colours = rng.uniform(0, 255, (REJECTION_BLOCK, 3))
+    colours += (luma - colours @ _LUMA)[:, None]  # the weights sum to 1
+    fits = np.flatnonzero((colours.min(axis=1) >= 0) & (colours.max(axis=1) <= 255))
+    if fits.size:
+      rng.bit_generator.state = start
+      rng.uniform(0, 255, (fits[0] + 1, 3))  # the draws up to the first fit, no more
+      return colours[fits[0]].astype(np.float32)
+  chroma = rng.normal(size=3)
+  chroma -= float(_LUMA @ chroma)  # now of zero luma
+  with np.errstate(divide='ignore'):
+    room = np.where(chroma > 0, (255 - luma) / chroma, -luma / chroma)
+  return (luma + rng.uniform(0, 1) * room.min() * chroma).astype(np.float32)
 
 
 def _video_colours(rng: np.random.Generator, height: int, width: int

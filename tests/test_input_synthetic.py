@@ -114,3 +114,31 @@ def test_grains_cover_a_growing_share_of_any_crop():
     crop = joins[top:top + h, left:left + w]
     later.append(np.mean(crop <= 0.8) > np.mean(crop <= 0.2))
   assert np.mean(later) > 0.95
+
+
+def _colour_drawn_one_at_a_time(rng, luma):
+  """How the datasets made so far drew a colour of a luma: uniform colours until one fits."""
+  while True:
+    colour = rng.uniform(0, 255, 3)
+    colour = colour + (luma - float(synthetic._LUMA @ colour))
+    if colour.min() >= 0 and colour.max() <= 255:
+      return colour.astype(np.float32)
+
+
+def test_colours_of_a_luma_are_drawn_as_before_and_never_hang(monkeypatch):
+  # Same colours and same generator position as one draw at a time, so a seed keeps its videos;
+  # near black and white the first fit lies past the first block of draws.
+  for seed in range(4):
+    one_at_a_time, in_blocks = np.random.default_rng(seed), np.random.default_rng(seed)
+    for luma in (0.5, 128.0, 254.5):
+      expected = _colour_drawn_one_at_a_time(one_at_a_time, luma)
+      np.testing.assert_array_equal(synthetic._colour_of_luma(in_blocks, luma), expected)
+    assert one_at_a_time.uniform() == in_blocks.uniform()
+  # Exactly at black or white no draw fits (near them, hardly any): the closed form takes over.
+  monkeypatch.setattr(synthetic, 'REJECTION_BLOCKS', 2)
+  rng = np.random.default_rng(0)
+  for luma in (0.0, 0.01, 254.99, 255.0):
+    colour = synthetic._colour_of_luma(rng, luma)
+    assert colour.min() >= 0 and colour.max() <= 255
+    assert abs(float(colour @ synthetic._LUMA) - luma) < 1e-3
+  np.testing.assert_array_equal(synthetic._colour_of_luma(rng, 255.0), [255, 255, 255])
