@@ -12,7 +12,7 @@ import pytest
 from configs import eval_synthetic
 from configs import finetune_synthetic
 from conftest import tiny_config
-from eval_fixtures import make_pretraining_run
+from eval_fixtures import make_encoder_run
 from input_pipeline import synthetic
 from vclr_jax import checkpointing
 from vclr_jax.evaluation import finetune
@@ -31,7 +31,9 @@ def records_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
-  return make_pretraining_run(tmp_path_factory.mktemp('run'), tiny_config(), steps=(3,))
+  # What the evaluations read of a pretraining run (config.json, the online network at step 3);
+  # no train state to build and save.
+  return make_encoder_run(tmp_path_factory.mktemp('run'), tiny_config(), step=3)
 
 
 def _eval_config(records_dir):
@@ -91,7 +93,7 @@ def test_tsn_finetune_beats_chance_and_resumes(records_dir, run_dir):
   # 36 training videos, batch 8: 4 steps per epoch; 12 test videos, chance 1/4.
   straight = _finetune_config(records_dir, 'straight', 40)
   straight.checkpoint.every_steps = 20
-  straight.checkpoint.keep_every_steps = 20  # all kept: steps 60 and 100 are used below
+  straight.checkpoint.keep_every_steps = 20  # all kept: steps 80 and 100 are used below
   metrics = finetune.run_finetune(straight, run_dir, log=quiet)
   assert metrics['top1'] > 1 / NUM_CLASSES, metrics
   straight_dir = finetune.finetune_dir(run_dir, 'straight')
@@ -102,17 +104,17 @@ def test_tsn_finetune_beats_chance_and_resumes(records_dir, run_dir):
   seen = _finetune_config(records_dir, 'straight', 40)
   seen.data.test_split = 'train'
   assert finetune.run_finetune(seen, run_dir, log=quiet)['top1'] >= 0.75
-  # A run killed right after its save at step 60 (epoch 15, the step decay still ahead): its
+  # A run killed right after its save at step 80 (epoch 20, the step decay still ahead): its
   # checkpoints are the straight run's up to there. Resumed to epoch 25, it must end where the
   # straight run was at step 100.
   interrupted_checkpoints = os.path.join(finetune.finetune_dir(run_dir, 'interrupted'),
                                          checkpointing.CHECKPOINT_DIR)
-  shutil.copytree(os.path.join(straight_dir, checkpointing.CHECKPOINT_DIR, '60'),
-                  os.path.join(interrupted_checkpoints, '60'))
+  shutil.copytree(os.path.join(straight_dir, checkpointing.CHECKPOINT_DIR, '80'),
+                  os.path.join(interrupted_checkpoints, '80'))
   lines = []
   finetune.run_finetune(_finetune_config(records_dir, 'interrupted', 25), run_dir,
                         log=lines.append)
-  assert any('Resumed fine-tuning' in line and 'step 60' in line for line in lines)
+  assert any('Resumed fine-tuning' in line and 'step 80' in line for line in lines)
   straight_params, straight_step = _params(straight_dir, 100)
   resumed, resumed_step = _params(finetune.finetune_dir(run_dir, 'interrupted'), None)
   assert straight_step == resumed_step == 100
