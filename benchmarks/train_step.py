@@ -6,7 +6,8 @@
 Compiles the SPMD step of vclr_jax.train_step for the config, feeds it batches already in
 device memory (random uint8 frames on the config.data.frame_size canvas, in the layout of
 vclr_jax/batch.py; no TensorFlow, no input pipeline), and prints videos/s, frames/s through
-each encoder (3 per video online, 6 per video through the EMA key encoder), achieved
+each encoder (3 per video online, 6 per video through the EMA key encoder; clips/s for a 3D
+config such as configs/ucf101_r3d.py, whose "frames" are clips), achieved
 TFLOP/s with model FLOPs utilisation against the device's peak (FLOPs from XLA's cost
 analysis of the step lowered for the host's CPU: flops_per_step), and the on-device
 augmentation's share of the step: the seven crops and colour work of the same batch timed
@@ -100,7 +101,8 @@ def flops_per_step(config) -> float:
                        state_shapes)
   batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=split)
            for name, (shape, dtype) in batch_layout.batch_shapes(
-               config.batch_size, tuple(config.data.frame_size)).items()}
+               config.batch_size, tuple(config.data.frame_size),
+               config.data.clip_length).items()}
   step = tstep.make_train_step(config, cpu_mesh, ts.make_optimizer(config, FLAGS.num_videos),
                                ts.learning_rate_schedule(config, FLAGS.num_videos))
   cost = step.lower(state, batch).cost_analysis()
@@ -118,7 +120,8 @@ def main(argv):
   ts.check_queue_size(config)
   per_host = config.batch_size // jax.process_count()
   frame_size = tuple(config.data.frame_size)
-  batches = [to_global(batch_layout.random_batch(per_host, frame_size, seed), mesh)
+  batches = [to_global(batch_layout.random_batch(per_host, frame_size, seed,
+                                                config.data.clip_length), mesh)
              for seed in range(2)]
   create = jax.jit(lambda rng: ts.create_train_state(config, FLAGS.num_videos, rng),
                    out_shardings=NamedSharding(mesh, P()))
@@ -144,13 +147,18 @@ def main(argv):
   peak = device_peak_tflops(config.model.compute_dtype)
   print(f'devices: {mesh.size} x {jax.devices()[0].device_kind} ({jax.default_backend()}), '
         f'JAX {jax.__version__}')
-  print(f'model: ResNet-{config.model.depth} x{config.model.width_multiplier}, '
-        f'{config.data.image_size} px crops of {tuple(config.data.frame_size)} frames, '
-        f'{config.model.compute_dtype}, global batch '
+  clips = config.data.clip_length > 1
+  backbone = (config.model.architecture if clips else f'ResNet-{config.model.depth}')
+  unit = 'clips' if clips else 'frames'
+  print(f'model: {backbone} x{config.model.width_multiplier}, '
+        f'{config.data.image_size} px crops of {tuple(config.data.frame_size)} frames'
+        + (f', clips of {config.data.clip_length} frames at stride {config.data.clip_stride}'
+           if clips else '') + f', {config.model.compute_dtype}, global batch '
         f'{config.batch_size}, online BN {config.model.online_bn}, key BN {config.model.key_bn}')
   print(f'compile: {compile_seconds:.1f} s; step: {seconds * 1e3:.1f} ms over {FLAGS.steps} steps')
   print(f'videos/s: {videos_per_sec:.1f}')
-  print(f'frames/s: online encoder {3 * videos_per_sec:.1f}, key encoder {6 * videos_per_sec:.1f}')
+  print(f'{unit}/s: online encoder {3 * videos_per_sec:.1f}, key encoder '
+        f'{6 * videos_per_sec:.1f}')
   mfu = f'{100 * achieved / (peak * mesh.size):.1f}% of {peak:.0f} TFLOP/s per device' if peak \
       else 'n/a (unknown device peak: pass --peak_tflops)'
   print(f'XLA FLOPs per step: {total_flops / 1e12:.3f} TFLOP; achieved {achieved:.2f} TFLOP/s; '

@@ -27,6 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.split = 'train'
   config.data.image_size = 224
   config.data.in_memory_videos = 256  # only for source='in_memory'
+  # Clips for a 3D backbone (model.architecture; the paper's Sec. 5): every frame of VCLR's
+  # tuples becomes clip_length frames at clip_stride, inside its segment (1: single frames).
+  config.data.clip_length = 1
+  config.data.clip_stride = 1
   reader.add_reader_fields(config.data, frame_size=(256, 340))
 
   config.batch_size = 256  # global, over all hosts and devices
@@ -35,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.ema_momentum = 0.999
 
   config.model = ml_collections.ConfigDict()
+  # 'resnet' (2D, depth below) or a 3D backbone on clips: 'r3d_18' or 's3d' (needs
+  # config.data.clip_length > 1).
+  config.model.architecture = 'resnet'
   config.model.depth = 50
   config.model.width_multiplier = 1.0
   config.model.embed_dim = 128
@@ -63,7 +70,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.momentum = 0.9
   config.optim.weight_decay = 1e-4
   config.optim.warmup_epochs = 5
-  config.optim.final_lr = 1e-6
+  config.optim.schedule = 'cosine'  # after the warm-up: 'cosine' to final_lr, or 'step'
+  config.optim.final_lr = 1e-6  # 'cosine' only
+  config.optim.decay_epochs = ()  # 'step' only: the rate is multiplied by decay_factor at each
+  config.optim.decay_factor = 0.1
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 1000

@@ -21,6 +21,11 @@ would not match MoCo's recipe.
 Randomness: every crop's draws come from a key derived from (run key, step, global example
 index, crop), so the augmentation is the same on any number of devices and a resumed run
 continues it exactly.
+
+Clips (3D backbones): a crop is then a clip, and its one set of draws (box, flip, jitter
+factors and order, grayscale, blur) applies to every frame of it, so the clip keeps its motion
+and only the frames' content changes along it. Per-image statistics (contrast's mean grey)
+stay per frame, as the same torchvision transform applied frame by frame would compute them.
 """
 
 from __future__ import annotations
@@ -298,15 +303,20 @@ def augment_crop(frame, params, output_size: int, config: AugmentConfig, dtype=j
 
 def augment_frames(frames, sources, keys, output_size: int, config: AugmentConfig,
                    dtype=jnp.float32):
-  """Crops of ``frames[..., sources[c], :, :, :]`` with ``keys[..., c]``, vectorised.
+  """Crops of ``frames[b, sources[b, c]]`` with ``keys[b, c]``, vectorised.
 
-  frames: (B, N, H, W, 3) uint8; sources: (B, C) int32 frame of every crop; keys: (B, C)
-  typed keys. Returns (B, C, S, S, 3) ImageNet-normalised ``dtype``.
+  frames: (B, N, H, W, 3) uint8 frames, or (B, N, L, H, W, 3) clips of L frames, whose frames
+  all get their crop's one set of draws; sources: (B, C) int32 frame (clip) of every crop;
+  keys: (B, C) typed keys. Returns (B, C, S, S, 3), or (B, C, L, S, S, 3) for clips,
+  ImageNet-normalised ``dtype``.
   """
-  height, width = frames.shape[2:4]
+  height, width = frames.shape[-3:-1]
   params = jax.vmap(jax.vmap(lambda k: crop_params(k, height, width, config)))(keys)
-  chosen = jnp.take_along_axis(frames, sources[:, :, None, None, None], axis=1)
+  chosen = jnp.take_along_axis(frames, sources.reshape(sources.shape + (1,) * (frames.ndim - 2)),
+                               axis=1)
   one = lambda f, p: augment_crop(f, p, output_size, config, dtype)
+  if frames.ndim == 6:
+    one = jax.vmap(one, in_axes=(0, None))
   return jax.vmap(jax.vmap(one))(chosen, params)
 
 

@@ -11,8 +11,10 @@ the accelerator (vclr_jax/augment.py), so a 340x256 K400 example ships 1.57 MB i
 name                  shape           dtype     meaning
 ====================  ==============  ========  =============================================
 ``frames``            (B, 6, H, W, 3) uint8     the query tuple (positions 0-2, one frame per
-                                                segment, temporal order), then the key tuple
-                                                (3-5): the other frame drawn in each segment
+                      or                        segment, temporal order), then the key tuple
+                      (B, 6, L, H, W, 3)        (3-5): the other frame drawn in each segment;
+                                                with clips (clip_length L > 1) each of the six
+                                                is a clip of L frames in temporal order
 ``anchor``            (B,)            int32     segment of the anchor frame: 0 or 2. ``xq`` is
                                                 query crop ``anchor``; ``x2``/``x3`` are the
                                                 other two query crops in temporal order; ``x1``
@@ -28,6 +30,10 @@ Why tuples stay in temporal order with a separate permutation: ``xq``, ``x2`` an
 are the very same augmented images as the query tuple (REFERENCE.md), so they are cut once,
 and the permutation is applied to the per-frame order embeddings inside the step, which is
 the same as shuffling the frames before the per-frame encoder.
+
+Clips (``config.data.clip_length`` L > 1, a 3D backbone): the clip axis follows the tuple axis,
+and everything said of a frame above holds for a clip (one crop, one embedding, one place in
+the order). Single frames keep the 5-D layout, so the 2D path ships exactly what it did.
 """
 
 from __future__ import annotations
@@ -43,12 +49,29 @@ SHUFFLES = np.array([[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1]], dtype=np.int32
 IDENTITY = np.arange(NUM_SEGMENTS, dtype=np.int32)
 
 
-def batch_shapes(batch_size: int, frame_size: tuple[int, int]
+def clip_span(clip_length: int = 1, clip_stride: int = 1) -> int:
+  """Frames from a clip's first to its last frame: (L - 1) x stride + 1."""
+  return (clip_length - 1) * clip_stride + 1
+
+
+def min_video_frames(clip_length: int = 1, clip_stride: int = 1) -> int:
+  """The shortest video VCLR's sampling takes: 3 segments of F // 3 frames that each hold two
+  disjoint clips, i.e. 6 x clip_span (6 for single frames, preparation's default)."""
+  return NUM_FRAMES * clip_span(clip_length, clip_stride)
+
+
+def example_frames_shape(frame_size: tuple[int, int], clip_length: int = 1) -> tuple[int, ...]:
+  """One example's frames: (6, H, W, 3), or (6, L, H, W, 3) for clips of L > 1 frames."""
+  clip_axis = (clip_length,) if clip_length > 1 else ()
+  return (NUM_FRAMES,) + clip_axis + tuple(frame_size) + (3,)
+
+
+def batch_shapes(batch_size: int, frame_size: tuple[int, int], clip_length: int = 1
                  ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """Shape and dtype of every field, for ``batch_size`` examples on a (H, W) canvas."""
-  b, (h, w) = batch_size, frame_size
+  b = batch_size
   return {
-      'frames': ((b, NUM_FRAMES, h, w, 3), np.dtype(np.uint8)),
+      'frames': ((b,) + example_frames_shape(frame_size, clip_length), np.dtype(np.uint8)),
       'anchor': ((b,), np.dtype(np.int32)),
       'query_perm': ((b, NUM_SEGMENTS), np.dtype(np.int32)),
       'key_perm': ((b, NUM_SEGMENTS), np.dtype(np.int32)),
@@ -57,9 +80,9 @@ def batch_shapes(batch_size: int, frame_size: tuple[int, int]
 
 
 def check_batch(batch: Mapping[str, np.ndarray], batch_size: int,
-                frame_size: tuple[int, int]) -> None:
+                frame_size: tuple[int, int], clip_length: int = 1) -> None:
   """Raises ValueError naming every field whose name, shape or dtype breaks the layout."""
-  expected = batch_shapes(batch_size, frame_size)
+  expected = batch_shapes(batch_size, frame_size, clip_length)
   problems = []
   for name, (shape, dtype) in expected.items():
     if name not in batch:
@@ -82,14 +105,15 @@ def order_label(query_perm: np.ndarray, key_perm: np.ndarray) -> np.ndarray:
   return (query_shuffled.astype(np.int32) + 2 * key_shuffled.astype(np.int32))
 
 
-def random_batch(batch_size: int, frame_size: tuple[int, int], seed: int) -> dict[str, np.ndarray]:
+def random_batch(batch_size: int, frame_size: tuple[int, int], seed: int,
+                 clip_length: int = 1) -> dict[str, np.ndarray]:
   """A batch of random frames in this layout, with valid anchors and permutations.
 
   For benchmarks that feed the train step or the device placement from memory (machines
   without TensorFlow or records).
   """
   rng = np.random.default_rng(seed)
-  shape, _ = batch_shapes(batch_size, frame_size)['frames']
+  shape, _ = batch_shapes(batch_size, frame_size, clip_length)['frames']
   batch = {'frames': rng.integers(0, 256, shape, dtype=np.uint8)}
   batch['anchor'] = 2 * rng.integers(0, 2, batch_size).astype(np.int32)
   batch['query_perm'] = SHUFFLES[rng.integers(0, len(SHUFFLES), batch_size)]

@@ -20,7 +20,7 @@ from vclr_jax import train_step as train_step_lib
 from vclr_jax.cli_errors import ConfigError
 from vclr_jax.cli_errors import UserError
 from vclr_jax.models.resnet import STAGE_BLOCKS
-from vclr_jax.models.vclr import ORDER_NORMS
+from vclr_jax.models.vclr import ARCHITECTURES, ORDER_NORMS
 
 DATA_SOURCES = ('records', 'tfds', 'in_memory')
 PYTORCH_SUFFIXES = ('.pth', '.pt', '.tar', '.safetensors')  # init_from files read by interop
@@ -37,6 +37,8 @@ def choices() -> dict[str, tuple]:
   table = {f'model.{key}': tuple(allowed) for key, allowed in train_step_lib.BN_MODES.items()}
   table.update({
       'model.order_norm': tuple(ORDER_NORMS),
+      'model.architecture': ARCHITECTURES,
+      'optim.schedule': train_state_lib.SCHEDULES,
       'model.compute_dtype': tuple(train_state_lib.COMPUTE_DTYPES),
       'model.depth': tuple(STAGE_BLOCKS),
       'data.source': DATA_SOURCES,
@@ -71,6 +73,13 @@ def _size_problems(config) -> list[str]:
   if config.data.source == 'in_memory' and 0 < config.data.in_memory_videos < config.batch_size:
     problems.append(f'config.data.in_memory_videos={config.data.in_memory_videos} must be at '
                     f'least config.batch_size={config.batch_size}: raise it.')
+  decay_epochs = list(config.optim.decay_epochs)
+  if config.optim.schedule == 'step' and (
+      decay_epochs != sorted(set(decay_epochs))
+      or not all(config.optim.warmup_epochs <= e < config.num_epochs for e in decay_epochs)):
+    problems.append(f'config.optim.decay_epochs={tuple(decay_epochs)} must be increasing epochs '
+                    f'between config.optim.warmup_epochs={config.optim.warmup_epochs} and '
+                    f'config.num_epochs={config.num_epochs}: fix the list.')
   if config.num_epochs <= config.optim.warmup_epochs:
     problems.append(f'config.num_epochs={config.num_epochs} must exceed '
                     f'config.optim.warmup_epochs={config.optim.warmup_epochs}: raise num_epochs '
@@ -125,6 +134,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
                     num_processes: int) -> None:
   """Raises ConfigError listing every problem of a pretraining config; writes nothing."""
   problems = _choice_problems(config) + _size_problems(config)
+  problems += train_step_lib.clip_config_problems(config)
   problems += _layout_problems(config, num_devices, num_processes) + _path_problems(config)
   if problems:
     raise ConfigError(problems)

@@ -52,14 +52,20 @@ def export_and_verify(variables: Mapping, out: str, fmt: str, metadata: Mapping,
 
 def export_run(workdir: str, step: int | None, fmt: str, out: str, *, verify: bool = True,
                image_size: int = 224):
-  """Exports checkpoint ``step`` (latest if None) of the run in ``workdir``."""
+  """Exports checkpoint ``step`` (latest if None) of the run in ``workdir``; a 3D run's export
+  is verified on clips of the run's config.data.clip_length frames."""
   from vclr_jax import checkpointing
   variables, step = checkpointing.load_encoder_variables(workdir, step)
   config = checkpointing.load_run_config(workdir)
-  metadata = export_metadata(depth=config.model.depth,
-                             width_multiplier=config.model.width_multiplier, step=step,
-                             source=str(checkpointing.absolute(workdir)))
-  return export_and_verify(variables, out, fmt, metadata, verify=verify, image_size=image_size)
+  # Run configs written before 3D backbones existed have no architecture: ResNets.
+  architecture = config.model.get('architecture', 'resnet')
+  backbone = ({'depth': config.model.depth} if architecture == 'resnet' else
+              {'architecture': architecture})
+  metadata = export_metadata(**backbone, width_multiplier=config.model.width_multiplier,
+                             step=step, source=str(checkpointing.absolute(workdir)))
+  clip_length = config.data.get('clip_length', 1)
+  return export_and_verify(variables, out, fmt, metadata, verify=verify, image_size=image_size,
+                           num_frames=clip_length)
 
 
 def _define_flags():

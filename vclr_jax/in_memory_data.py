@@ -3,7 +3,8 @@
 Used where TensorFlow is absent or unwanted: the accelerator benchmarks, the train-step
 tests, and ``config.data.source = 'in_memory'``. It follows the sampling of REFERENCE.md
 (segments, two distinct frames per segment, anchor in the first or last segment, the four
-shuffles) and yields per-host batches of uint8 frames in the layout of vclr_jax/batch.py;
+shuffles), with clips as input_pipeline/vclr_sampling.py draws them (two disjoint clips of
+``clip_length`` frames at ``clip_stride`` per segment), and yields per-host batches of uint8 frames in the layout of vclr_jax/batch.py;
 the train step augments them on the device. Batch ``i`` depends only on (seed, i, host), so a resumed
 run continues the same sequence.
 """
@@ -43,13 +44,25 @@ def make_videos(num_videos: int, num_frames: int, size: int | tuple[int, int],
   return videos
 
 
-def sample_frame_indices(num_frames: int, rng: np.random.Generator):
-  """Key tuple, query tuple (3 frames each, temporal order) and the anchor segment (0 or 2)."""
+def sample_frame_indices(num_frames: int, rng: np.random.Generator, clip_length: int = 1,
+                         clip_stride: int = 1):
+  """Key tuple, query tuple and the anchor segment (0 or 2).
+
+  The tuples are (3,) frames, or (3, L) clip frames for ``clip_length`` L > 1, in temporal
+  order; in each segment the key clip and the query clip share no frame. Positions are drawn
+  as vclr_sampling.sample_vclr_indices does: two distinct among the n - 2p + 2 starts of a
+  segment of n frames and clips of span p, the later one moved p - 1 frames on.
+  """
+  span = batch_layout.clip_span(clip_length, clip_stride)
   length = num_frames // batch_layout.NUM_SEGMENTS
   bounds = [0, length, 2 * length, num_frames]
-  pairs = np.stack([rng.choice(np.arange(bounds[s], bounds[s + 1]), 2, replace=False)
+  pairs = np.stack([bounds[s] + rng.choice(bounds[s + 1] - bounds[s] - 2 * span + 2, 2,
+                                           replace=False)
                     for s in range(batch_layout.NUM_SEGMENTS)])
+  pairs += (span - 1) * (pairs == pairs.max(axis=1, keepdims=True))
   anchor = 2 * int(rng.integers(2))
+  if clip_length > 1:
+    pairs = pairs[..., None] + clip_stride * np.arange(clip_length)
   return pairs[:, 0], pairs[:, 1], anchor
 
 
@@ -57,10 +70,16 @@ class InMemoryVideos:
   """Deterministic per-host VCLR batches from videos in memory."""
 
   def __init__(self, videos: np.ndarray, *, batch_size: int, seed: int,
-               process_index: int = 0, process_count: int = 1):
-    if videos.shape[1] < 2 * batch_layout.NUM_SEGMENTS:
-      raise ValueError(f'Videos need at least 6 frames for VCLR sampling, got {videos.shape[1]}.')
+               process_index: int = 0, process_count: int = 1, clip_length: int = 1,
+               clip_stride: int = 1):
+    needed = batch_layout.min_video_frames(clip_length, clip_stride)
+    if videos.shape[1] < needed:
+      raise ValueError(f'Videos need at least {needed} frames for VCLR sampling with '
+                       f'clip_length={clip_length} and clip_stride={clip_stride} (two disjoint '
+                       f'clips per segment), got {videos.shape[1]}.')
     self.videos = videos
+    self.clip_length = clip_length
+    self.clip_stride = clip_stride
     self.batch_size = batch_size
     self.seed = seed
     self.process_index = process_index
@@ -80,7 +99,8 @@ class InMemoryVideos:
     return {name: np.stack([e[name] for e in examples]) for name in examples[0]}
 
   def _example(self, video: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    key_idx, query_idx, anchor = sample_frame_indices(len(video), rng)
+    key_idx, query_idx, anchor = sample_frame_indices(len(video), rng, self.clip_length,
+                                                      self.clip_stride)
     shuffles = batch_layout.SHUFFLES
     query_perm = shuffles[rng.integers(4)] if rng.random() < 0.5 else batch_layout.IDENTITY
     key_perm = shuffles[rng.integers(4)] if rng.random() < 0.5 else batch_layout.IDENTITY

@@ -11,6 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from vclr_jax import batch as batch_layout
 from vclr_jax import checkpointing
 from vclr_jax import config_checks
 from vclr_jax import global_batches
@@ -35,18 +36,21 @@ def num_train_videos(config: ml_collections.ConfigDict) -> int:
 def host_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict[str, np.ndarray]]:
   """This host's share of every global batch from ``start_step`` on."""
   per_host = config.batch_size // jax.process_count()
+  clips = dict(clip_length=config.data.clip_length, clip_stride=config.data.clip_stride)
   if config.data.source == 'in_memory':
-    videos = make_videos(config.data.in_memory_videos, IN_MEMORY_FRAMES,
+    num_frames = max(IN_MEMORY_FRAMES, batch_layout.min_video_frames(**clips))
+    videos = make_videos(config.data.in_memory_videos, num_frames,
                          tuple(config.data.frame_size), config.seed)
     return InMemoryVideos(videos, batch_size=per_host, seed=config.seed,
                           process_index=jax.process_index(),
-                          process_count=jax.process_count()).iterate(start_step)
+                          process_count=jax.process_count(), **clips).iterate(start_step)
   from input_pipeline import record_stream
   from input_pipeline import records
   from input_pipeline import train_reader
   return train_reader.make_train_iterator(
       records.source_dir(config.data), config.data.split, batch_size=per_host,
       frame_size=tuple(config.data.frame_size), seed=config.seed, start_step=start_step,
+      **clips,
       options=record_stream.ReaderOptions.from_config(config.data))
 
 

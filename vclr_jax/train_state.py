@@ -49,7 +49,9 @@ def build_model(model_config: ml_collections.ConfigDict, *, bn_groups: int = 1,
   if dtype == jnp.float64 and not jax.config.jax_enable_x64:
     raise ValueError("config.model.compute_dtype='float64' needs 64-bit JAX: set "
                      'JAX_ENABLE_X64=1 or run inside `with jax.enable_x64(True):`.')
-  return VCLR(depth=model_config.depth, width_multiplier=model_config.width_multiplier,
+  # Run configs written before 3D backbones existed (evaluation reads them) have no architecture.
+  return VCLR(architecture=model_config.get('architecture', 'resnet'), depth=model_config.depth,
+              width_multiplier=model_config.width_multiplier,
               embed_dim=model_config.embed_dim, order_norm=model_config.order_norm,
               bn_groups=bn_groups, bn_axis_name=bn_axis_name, dtype=dtype)
 
@@ -67,8 +69,14 @@ def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
   return config.optim.base_lr * config.batch_size / 256
 
 
+SCHEDULES = ('cosine', 'step')
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_train_videos: int):
-  """Linear warm-up from peak/100 to peak over warmup_epochs, then per-step cosine to final_lr."""
+  """Linear warm-up from peak/100 to peak over warmup_epochs, then config.optim.schedule:
+  'cosine', per step down to final_lr; or 'step', the peak multiplied by decay_factor at the
+  start of each of decay_epochs (epochs since the run's start; the 3D recipes of the paper's
+  appendix, e.g. x0.1 at epochs 150 and 250)."""
   per_epoch = steps_per_epoch(config, num_train_videos)
   peak = peak_learning_rate(config)
   warmup_steps = int(config.optim.warmup_epochs * per_epoch)
@@ -77,9 +85,15 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_train_videos: 
     raise ValueError(f'config.num_epochs={config.num_epochs} must exceed '
                      f'config.optim.warmup_epochs={config.optim.warmup_epochs}.')
   warmup = optax.linear_schedule(peak / 100, peak, warmup_steps)
-  cosine = optax.cosine_decay_schedule(peak, total_steps - warmup_steps,
-                                       alpha=config.optim.final_lr / peak)
-  return optax.join_schedules([warmup, cosine], [warmup_steps])
+  if config.optim.schedule == 'step':
+    # join_schedules hands the second schedule the steps since the warm-up's end.
+    decay = optax.piecewise_constant_schedule(
+        peak, {int(epoch * per_epoch) - warmup_steps: config.optim.decay_factor
+               for epoch in config.optim.decay_epochs})
+  else:
+    decay = optax.cosine_decay_schedule(peak, total_steps - warmup_steps,
+                                        alpha=config.optim.final_lr / peak)
+  return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
 def make_optimizer(config: ml_collections.ConfigDict, num_train_videos: int):
@@ -116,7 +130,9 @@ def create_train_state(config: ml_collections.ConfigDict, num_train_videos: int,
   model = build_model(config.model)
   init_rng, inter_rng, video_rng, state_rng = jax.random.split(rng, 4)
   size = config.data.image_size
-  variables = model.init(init_rng, jnp.zeros((1, 3, size, size, 3), jnp.float32), train=False)
+  clip_axis = (config.data.clip_length,) if config.data.clip_length > 1 else ()
+  variables = model.init(init_rng, jnp.zeros((1, 3) + clip_axis + (size, size, 3), jnp.float32),
+                         train=False)
   params, batch_stats = variables['params'], variables['batch_stats']
   optimizer = make_optimizer(config, num_train_videos)
   state = TrainState(

@@ -1,6 +1,7 @@
 """The data-parallel VCLR train step: SPMD code over the 1-D ``data`` mesh under jax.shard_map.
 
-Per device, one step
+Per device, one step (a "frame" is a clip of config.data.clip_length frames with a 3D
+backbone: vclr_jax/batch.py; the code is the same)
 0. cuts the seven augmented crops of every example from its six uint8 frames
    (vclr_jax/augment.py): the query tuple, the key tuple and x1, a second crop of the anchor;
 1. encodes x1, x2, x3 and the key tuple with the EMA key encoder (shuffle-BN or SyncBN),
@@ -34,6 +35,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from vclr_jax import augment
 from vclr_jax import batch as batch_layout
 from vclr_jax import losses
+from vclr_jax.models import vclr as vclr_model
+from vclr_jax.models import video3d
 from vclr_jax.models.resnet import accumulation_dtype
 from vclr_jax.train_state import TrainState, build_model
 
@@ -47,6 +50,35 @@ def make_mesh(devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
                        axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+def clip_config_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """What is wrong with config.data.clip_length / clip_stride for config.model.architecture."""
+  architecture, data = config.model.architecture, config.data
+  if architecture not in vclr_model.ARCHITECTURES:
+    return []  # reported with the other choices
+  problems = [f'config.data.{key}={data[key]} must be a positive integer: set it to 1 or more.'
+              for key in ('clip_length', 'clip_stride')
+              if not (isinstance(data[key], int) and data[key] >= 1)]
+  if problems:
+    return problems
+  if architecture == 'resnet' and data.clip_length > 1:
+    problems.append(f"config.model.architecture='resnet' encodes single frames, but "
+                    f'config.data.clip_length={data.clip_length}: set clip_length=1, or a 3D '
+                    f"architecture ('r3d_18', 's3d').")
+  if architecture != 'resnet':
+    min_frames, min_pixels = video3d.MIN_CLIP[architecture]
+    if data.clip_length == 1:
+      problems.append(f'config.model.architecture={architecture!r} encodes clips, but '
+                      'config.data.clip_length=1 gives single frames: set config.data.clip_length '
+                      f'to {max(2, min_frames)} or more.')
+    elif data.clip_length < min_frames:
+      problems.append(f'config.model.architecture={architecture!r} needs clips of at least '
+                      f'{min_frames} frames: raise config.data.clip_length={data.clip_length}.')
+    if data.image_size < min_pixels:
+      problems.append(f'config.model.architecture={architecture!r} needs crops of at least '
+                      f'{min_pixels} px: raise config.data.image_size={data.image_size}.')
+  return problems
 
 
 def check_bn_config(model_config: ml_collections.ConfigDict) -> None:
@@ -154,7 +186,9 @@ def augmented_views(batch, key, image_size: int, config: augment.AugmentConfig, 
 
   Returns ``batch`` with the frames replaced by 'query_frames' and 'key_frames' (B, 3, S, S, 3)
   and 'x1' (B, S, S, 3). Crop c of the example at global position g draws from
-  fold_in(key, g), so every device count gives the same crops.
+  fold_in(key, g), so every device count gives the same crops. With clips every crop gains the
+  clip axis after the tuple axis ((B, 3, L, S, S, 3), x1 (B, L, S, S, 3)): x1 is the anchor
+  clip augmented again with its own draws, and the rest of the step treats a clip as a frame.
   """
   frames = batch['frames']
   b = frames.shape[0]
@@ -258,6 +292,9 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, le
   frames; the crops are cut in the step); every returned metric is a replicated scalar averaged over the global batch.
   """
   check_bn_config(config.model)
+  clip_problems = clip_config_problems(config)
+  if clip_problems:
+    raise ValueError(' '.join(clip_problems))
   check_divisibility(config, mesh.size)
   shuffle = config.model.key_bn == 'shuffle'
   shuffle_devices = shuffle_bn_devices(config, mesh.size) if shuffle else 0

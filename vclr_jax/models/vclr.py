@@ -1,5 +1,9 @@
 """The VCLR network: a ResNet backbone, four projection heads and the order classifier.
 
+With a 3D backbone (``architecture`` 'r3d_18' or 's3d', models/video3d.py; the paper's Sec. 5)
+every "frame" below is a clip: the backbone turns each (L, H, W, 3) clip into one feature, and
+heads, losses and the order classifier see one embedding per clip as they see one per frame.
+
 Heads (REFERENCE.md): ``inter`` and ``intra`` embed single frames, ``video`` embeds the mean
 of a tuple's frame features, ``order`` embeds every frame of a tuple; each is
 Linear(F, F) -> ReLU -> Linear(F, 128) with L2-normalised output. The order classifier is
@@ -16,11 +20,21 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vclr_jax.models.resnet import ResNet, accumulation_dtype, feature_dim
+from vclr_jax.models import resnet
+from vclr_jax.models import video3d
+from vclr_jax.models.resnet import accumulation_dtype
 
 HEADS = ('inter', 'intra', 'video', 'order')
 NUM_ORDER_CLASSES = 4
 ORDER_NORMS = ('per_frame', 'over_frames')
+ARCHITECTURES = ('resnet',) + tuple(video3d.ARCHITECTURES)
+
+
+def backbone_feature_dim(architecture: str, depth: int, width_multiplier: float) -> int:
+  """Size of the pooled backbone feature: a ResNet's of ``depth``, or the 3D network's."""
+  if architecture == 'resnet':
+    return resnet.feature_dim(depth, width_multiplier)
+  return video3d.feature_dim(architecture, width_multiplier)
 
 
 class TorchLinear(nn.Module):
@@ -59,12 +73,14 @@ class VCLR(nn.Module):
   """Backbone + heads. Methods give the pieces the train step combines.
 
   Attributes:
-    depth, width_multiplier: backbone size (see ResNet).
+    architecture: 'resnet' (2D, on frames) or a 3D backbone on clips, 'r3d_18' or 's3d'.
+    depth, width_multiplier: backbone size (see ResNet; a 3D backbone ignores depth).
     embed_dim: size of every head's output (128).
     order_norm: 'per_frame' normalises each frame's order embedding (the paper);
       'over_frames' normalises over the tuple's frame axis as the released code does.
     bn_groups, bn_axis_name, dtype: passed to the backbone's BatchNorm and convs.
   """
+  architecture: str = 'resnet'
   depth: int = 50
   width_multiplier: float = 1.0
   embed_dim: int = 128
@@ -76,15 +92,22 @@ class VCLR(nn.Module):
   def setup(self):
     if self.order_norm not in ORDER_NORMS:
       raise ValueError(f'model.order_norm must be one of {ORDER_NORMS}, got {self.order_norm!r}.')
-    self.backbone = ResNet(self.depth, self.width_multiplier, self.bn_groups, self.bn_axis_name,
-                           self.dtype)
-    hidden = feature_dim(self.depth, self.width_multiplier)
+    if self.architecture not in ARCHITECTURES:
+      raise ValueError(f'model.architecture must be one of {ARCHITECTURES}, got '
+                       f'{self.architecture!r}.')
+    if self.architecture == 'resnet':
+      self.backbone = resnet.ResNet(self.depth, self.width_multiplier, self.bn_groups,
+                                    self.bn_axis_name, self.dtype)
+    else:
+      self.backbone = video3d.video_backbone(self.architecture, self.width_multiplier,
+                                             self.bn_groups, self.bn_axis_name, self.dtype)
+    hidden = backbone_feature_dim(self.architecture, self.depth, self.width_multiplier)
     self.heads = {name: ProjectionHead(hidden, self.embed_dim, name=f'{name}_head')
                   for name in HEADS}
     self.order_classifier = TorchLinear(NUM_ORDER_CLASSES, name='order_classifier')
 
   def features(self, frames, train: bool = True):
-    """Pooled backbone features of (N, H, W, 3) frames: (N, F)."""
+    """Pooled backbone features of (N, H, W, 3) frames or (N, L, H, W, 3) clips: (N, F)."""
     return self.backbone(frames, train)
 
   def frame_embeddings(self, features):
@@ -107,7 +130,8 @@ class VCLR(nn.Module):
         jnp.concatenate([query_order.reshape(b, -1), key_order.reshape(b, -1)], axis=-1))
 
   def __call__(self, frames, train: bool = True):
-    """Runs every piece once on (B, T, H, W, 3) tuples; used to initialise all parameters."""
+    """Runs every piece once on (B, T, H, W, 3) tuples (clips: (B, T, L, H, W, 3)); used to
+    initialise all parameters."""
     b, t = frames.shape[:2]
     feats = self.features(frames.reshape((b * t,) + frames.shape[2:]), train)
     frame = self.frame_embeddings(feats)
