@@ -35,16 +35,24 @@ def source(config):
 
 def crops_of(batch, state, config):
   """The step's seven crops per example, recomputed on the whole global batch at once."""
-  step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  _, augment_key = jax.random.split(step_key)
   b = len(batch['anchor'])
-  keys = augment.example_keys(augment_key, jnp.arange(b), 7)
   sources = np.concatenate([np.tile(np.arange(6), (b, 1)), batch['anchor'][:, None]], axis=1)
-  crops = augment.augment_frames(jnp.asarray(batch['frames']), jnp.asarray(sources, jnp.int32),
-                                 keys, config.data.image_size,
-                                 augment.AugmentConfig.from_config(config.data.augment),
-                                 jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+  dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+  crops = _jitted_crops(config.data.image_size, augment.AugmentConfig.from_config(
+      config.data.augment), dtype)(jnp.asarray(batch['frames']), jnp.asarray(sources, jnp.int32),
+                                   jnp.asarray(state.rng), jnp.asarray(state.step))
   return np.asarray(crops)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_crops(image_size, augment_config, dtype):
+  # One compiled computation instead of op-by-op dispatch (half the CPU time in float64).
+  def crops(frames, sources, rng, step):
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(rng), step)
+    _, augment_key = jax.random.split(step_key)
+    keys = augment.example_keys(augment_key, jnp.arange(frames.shape[0]), 7)
+    return augment.augment_frames(frames, sources, keys, image_size, augment_config, dtype)
+  return jax.jit(crops)
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,20 +97,34 @@ def sync_float64_config():
                         'queue_size': 24, 'model.compute_dtype': 'float64'})
 
 
-# One float32 config for the tests of the optimiser, EMA and skipped steps, so that they share
-# one compiled step: plain SGD (the applied learning rate is |update| / |gradient|), the
-# released EMA momentum, and a learning rate at which the first warm-up step (lr / 100) moves
-# the online weights visibly.
+# One config for the tests of the optimiser, EMA, skipped steps and bfloat16 compute, so that
+# they share one compiled step (test_checkpointing.py's too, through the session's compilation
+# cache): plain SGD (the applied learning rate is |update| / |gradient|), the released EMA
+# momentum, and a learning rate at which the first warm-up step (lr / 100) moves the online
+# weights visibly. The computation runs in bfloat16; parameters, gradients, optimizer state and
+# EMA stay float32, so the float32 claims of these tests hold as they are.
 SGD_CONFIG = {'optim.momentum': 0.0, 'optim.weight_decay': 0.0, 'ema_momentum': 0.999,
-              'optim.base_lr': 0.8}
+              'optim.base_lr': 0.8, 'model.compute_dtype': 'bfloat16'}
+
+
+@functools.lru_cache(maxsize=None)
+def sync_float64_steps(num_devices, num_steps):
+  """(state, metrics) after ``num_steps`` steps of sync_float64_config on ``num_devices`` from
+  key 0 (host copies; metrics None at step 0). Shared by the tests below, which need the same
+  first steps: a float64 step on 8 devices costs over 10 CPU-seconds. Call under enable_x64."""
+  config = sync_float64_config()
+  if num_steps == 0:
+    return jax.device_get(ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0))), None
+  state, _ = sync_float64_steps(num_devices, num_steps - 1)
+  return run_steps(config, num_devices, 1, state=state, start=num_steps - 1)
 
 
 def test_eight_devices_with_sync_bn_equal_one_device():
   with jax.enable_x64(True):
     config = sync_float64_config()
-    initial = jax.device_get(ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0)))
+    initial, _ = sync_float64_steps(8, 0)
     state1, metrics1 = run_steps(config, 1, 1)
-    state8, metrics8 = run_steps(config, 8, 1)
+    state8, metrics8 = sync_float64_steps(8, 1)
   assert all(x.dtype == np.float64 for x in jax.tree.leaves(state8.params))
   for name in ('loss', 'loss_inter', 'loss_intra', 'loss_video', 'loss_order', 'grad_norm'):
     np.testing.assert_allclose(metrics8[name], metrics1[name], rtol=FLOAT64_RTOL, err_msg=name)
@@ -204,32 +226,31 @@ def test_queues_receive_gathered_keys_at_their_positions_and_wrap():
 
 
 def _check_queues_receive_gathered_keys():
-  config = sync_float64_config()  # the step compiled for the 8-device test above
-  state = ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0))
-  mesh, step = compiled_step(config.to_json(), 8)
+  config = sync_float64_config()  # the steps of the 8-device test above
   keys_seen = {'inter': [], 'video': []}
   model = ts.build_model(config.model)
+  features = jax.jit(lambda variables, inputs: model.apply(
+      variables, inputs, train=True, method='features', mutable=['batch_stats'])[0])
 
   # The keys the step must enqueue, recomputed independently on the whole global batch.
   data = source(config)
-  state = tstep.replicate(state, mesh)
   for i in range(3):
+    state, _ = sync_float64_steps(8, i)  # the state before step i
     batch = data.batch(i)
-    ema = jax.device_get({'params': state.ema_params, 'batch_stats': state.ema_batch_stats})
+    ema = {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}
     b = config.batch_size
     other_a = np.where(batch['anchor'] == 0, 1, 0)
     other_b = np.where(batch['anchor'] == 2, 1, 2)
     rows = np.arange(b)
-    crops = crops_of(batch, jax.device_get(state), config)
+    crops = crops_of(batch, state, config)
     inputs = np.concatenate([crops[:, 6], crops[rows, other_a], crops[rows, other_b],
                              crops[:, 3:6].reshape((3 * b,) + crops.shape[2:])])
-    feats, _ = model.apply(ema, inputs, train=True, method='features', mutable=['batch_stats'])
+    feats = features(ema, inputs)
     frame = model.apply(ema, feats[:3 * b], method='frame_embeddings')
     keys_seen['inter'].append(np.asarray(frame['inter']))  # k1, k2, k3 blocks in order
     keys_seen['video'].append(np.asarray(model.apply(
         ema, feats[3 * b:].reshape(b, 3, -1), method='video_embedding')))
-    state, _ = step(state, to_global(batch, mesh))
-  state = jax.device_get(state)
+  state, _ = sync_float64_steps(8, 3)
   # Inter: 3 steps x 24 rows into 24 slots -> positions 0..71 mod 24, each slot written three
   # times; video: 3 x 8 rows fill the 24 slots once and wrap to 0.
   size = config.queue_size
@@ -315,7 +336,8 @@ def test_nonfinite_step_is_not_applied_but_counted():
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
-  config = tiny_config(**{'model.compute_dtype': 'bfloat16'})
+  config = tiny_config(**SGD_CONFIG)  # bfloat16 compute
+  assert config.model.compute_dtype == 'bfloat16'
   state, metrics = run_steps(config, 1, 1)
   assert np.isfinite(metrics['loss'])
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
