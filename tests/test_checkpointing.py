@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 from conftest import tiny_config
-from test_train_step import NUM_VIDEOS, run_steps
+from test_train_step import NUM_VIDEOS, SGD_CONFIG, run_steps
 from vclr_jax import checkpointing
 from vclr_jax import train_state as ts
 from vclr_jax import train_step as tstep
@@ -25,8 +25,11 @@ def manager_for(path, config):
 
 
 def test_round_trip_is_bit_exact_for_every_leaf(tmp_path):
-  config = tiny_config()
-  state, _ = run_steps(config, 1, 2)  # non-trivial momentum, queues and positions
+  # The step test_train_step.py compiles for its optimiser tests (the session's compilation
+  # cache): bfloat16 compute, a float32 state; without momentum the optimizer's trace holds
+  # the last gradient.
+  config = tiny_config(**SGD_CONFIG)
+  state, _ = run_steps(config, 1, 2)  # non-trivial optimizer state, queues and positions
   mesh = tstep.make_mesh(jax.devices()[:1])
   manager = manager_for(tmp_path, config)
   checkpointing.save(manager, int(state.step), tstep.replicate(state, mesh), force=True)
