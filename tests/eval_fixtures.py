@@ -1,4 +1,4 @@
-"""Shared by the tests/test_eval_*.py files: a tiny pretraining run directory on disk."""
+"""Shared by the evaluation tests: a tiny pretraining run directory on disk."""
 
 import jax
 import numpy as np
@@ -7,25 +7,11 @@ from vclr_jax import checkpointing
 from vclr_jax import train_state
 
 
-def make_pretraining_run(workdir, config, steps=(1,)):
-  """config.json and one checkpoint per step; each later step scales the weights, so that
-  different steps give different features."""
-  config.checkpoint.async_save = False
-  state = train_state.create_train_state(config, config.data.in_memory_videos,
-                                         jax.random.key(config.seed))
-  manager = checkpointing.make_manager(str(workdir), config.checkpoint)
-  checkpointing.write_run_config(str(workdir), config)
-  for index, step in enumerate(steps):
-    scaled = jax.tree.map(lambda x: x * np.float32(1 + 0.5 * index), state.params)
-    checkpointing.save(manager, step, state.replace(params=scaled), force=True)
-  manager.wait_until_finished()
-  return str(workdir)
-
-
-def make_encoder_run(workdir, config, step=1):
+def make_encoder_run(workdir, config, step=1, steps=None):
   """A run directory holding only what the evaluation tools read: config.json and, at
   ``step``, the online network's {'params', 'batch_stats'} (no train state, so no optimizer or
-  queues to build: seconds instead of a minute)."""
+  queues to build: seconds instead of a minute). With ``steps``, one checkpoint per step, each
+  later one with the weights scaled, so that different steps give different features."""
   import jax.numpy as jnp
   import orbax.checkpoint as ocp
   model = train_state.build_model(config.model)
@@ -33,7 +19,10 @@ def make_encoder_run(workdir, config, step=1):
   variables = jax.jit(lambda rng: model.init(rng, jnp.zeros((1, 3, size, size, 3)),
                                              train=False))(jax.random.key(config.seed))
   checkpointing.write_run_config(str(workdir), config)
-  item = workdir / checkpointing.CHECKPOINT_DIR / str(step) / 'default'
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(item.absolute(), dict(variables))
+  for index, saved_step in enumerate((step,) if steps is None else steps):
+    scaled = dict(variables, params=jax.tree.map(lambda x: x * np.float32(1 + 0.5 * index),
+                                                 variables['params']))
+    item = workdir / checkpointing.CHECKPOINT_DIR / str(saved_step) / 'default'
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(item.absolute(), scaled)
   return str(workdir)

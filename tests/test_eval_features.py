@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from eval_fixtures import make_pretraining_run
+from eval_fixtures import make_encoder_run
 from vclr_jax import train_step
 from vclr_jax.evaluation import features
 from vclr_jax import augment
@@ -63,7 +63,7 @@ def test_eight_devices_give_the_features_of_one_device():
 
 def test_cache_is_reused_and_invalidated_by_checkpoint_step_or_settings(tmp_path):
   config = tiny_config()
-  workdir = make_pretraining_run(tmp_path / 'run', config, steps=(1, 2))
+  workdir = make_encoder_run(tmp_path / 'run', config, steps=(1, 2))
   model = VCLR(depth=config.model.depth, width_multiplier=config.model.width_multiplier)
   batches, _ = _batches()
   calls = []
