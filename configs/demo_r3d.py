@@ -10,9 +10,11 @@ configs/demo.py with the backbone and inputs of configs/ucf101_r3d.py shrunk: an
 R3D-18 (8 channels in the stem), clips of 2 consecutive frames, 80 px crops, batch 16. Clips
 of 2 frames need videos of 12 frames (two disjoint clips per segment), so the preparation
 above skips the shorter synthetic videos (0.6 s at 12 fps is 7 frames). 3D convolutions cost
-more than the 2D demo's on a CPU, so the run is short: 3 epochs, about 50 steps. It shows the
-pipeline end to end (clip sampling, per-clip augmentation, the 3D step, checkpoints, curves);
-it is not long enough to show what VCLR learns (configs/demo.py does that).
+more than the 2D demo's on a CPU, so the run is short: 3 epochs, about 50 steps; a step took
+6.7 s on 2 busy CPU cores (benchmarks/train_step.py, 2026-12-05; 95 s to compile), so about
+7 minutes in all. It shows the pipeline end to end (clip sampling, per-clip augmentation, the
+3D step, checkpoints, curves); it is not long enough to show what VCLR learns (configs/demo.py
+does that), and nothing evaluates a 3D encoder yet.
 """
 
 import ml_collections
