@@ -25,7 +25,7 @@ from vclr_jax import checkpointing
 from vclr_jax import config_checks
 from vclr_jax import train_state as ts
 from vclr_jax import train_step as tstep
-from vclr_jax.cli_errors import ConfigError
+from vclr_jax.cli_errors import ConfigError, UserError
 from vclr_jax.export import export_run
 from vclr_jax.global_batches import to_global
 from vclr_jax.in_memory_data import InMemoryVideos, sample_frame_indices
@@ -267,3 +267,12 @@ def test_export_from_a_3d_run(tmp_path):
   assert verification.passed and verification.inputs == '2-frame 80px clips'
   metadata = json.loads(open(metadata_path(out)).read())
   assert metadata['architecture'] == 'r3d_18' and metadata['input_layout'] == 'NCTHW float32'
+
+
+def test_evaluation_refuses_a_3d_run_with_the_way_out(tmp_path):
+  from configs import eval_synthetic
+  from vclr_jax.evaluation import protocols
+  workdir = str(tmp_path / 'run')
+  checkpointing.write_run_config(workdir, clip_config())
+  with pytest.raises(UserError, match="architecture='r3d_18'.*vclr_jax.export"):
+    protocols.load_encoder(eval_synthetic.get_config(), workdir)

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from vclr_jax.cli_errors import NoCheckpointError
+from vclr_jax.cli_errors import UserError
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -95,6 +96,17 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f'{path} not found: {workdir} is not a vclr_jax run directory '
                             '(python -m vclr_jax.main writes config.json there).')
   return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def require_frame_backbone(run_config: ml_collections.ConfigDict, workdir, what: str) -> None:
+  """Raises UserError for a run with a 3D backbone, which ``what`` cannot take yet: the
+  evaluation readers and TSN feed single frames, not clips (issue 13, item 6)."""
+  architecture = run_config.model.get('architecture', 'resnet')
+  if architecture != 'resnet':
+    raise UserError(f'{workdir} pretrained a 3D backbone (config.model.architecture='
+                    f'{architecture!r}) on clips; {what} takes frames of 2D ResNets only so '
+                    'far. Export the encoder (python -m vclr_jax.export --format=torchvision) '
+                    'and evaluate it in PyTorch on clips.')
 
 
 def step_dirs(directory) -> dict[int, epath.Path]:

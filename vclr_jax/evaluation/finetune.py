@@ -194,6 +194,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
       raise ValueError(f'config.{name}={config[name]} must be divisible by the {mesh.size} '
                        'devices.')
   run_config = checkpointing.load_run_config(workdir)
+  checkpointing.require_frame_backbone(run_config, workdir, 'TSN fine-tuning')
   source_dir = records.source_dir(data)
   index = records.read_index(source_dir, data.train_split)
   steps_per_epoch = index['num_videos'] // config.batch_size

@@ -39,6 +39,7 @@ class Encoder:
 def load_encoder(config: ml_collections.ConfigDict, workdir: str) -> Encoder:
   """The online encoder of the run in ``workdir`` at config.checkpoint_step (-1: latest)."""
   run_config = checkpointing.load_run_config(workdir)
+  checkpointing.require_frame_backbone(run_config, workdir, 'evaluation (vclr_jax.evaluate)')
   model = train_state.build_model(run_config.model)
   if config.random_init:
     size = run_config.data.image_size
