@@ -25,6 +25,7 @@ from vclr_jax import checkpointing
 from vclr_jax import config_checks
 from vclr_jax import train_state as ts
 from vclr_jax import train_step as tstep
+from vclr_jax import visualize
 from vclr_jax.cli_errors import ConfigError, UserError
 from vclr_jax.export import export_run
 from vclr_jax.global_batches import to_global
@@ -267,6 +268,10 @@ def test_export_from_a_3d_run(tmp_path):
   assert verification.passed and verification.inputs == '2-frame 80px clips'
   metadata = json.loads(open(metadata_path(out)).read())
   assert metadata['architecture'] == 'r3d_18' and metadata['input_layout'] == 'NCTHW float32'
+  # Grad-CAM draws frames of 2D ResNets: it refuses the run, naming the way out.
+  with pytest.raises(UserError, match="Grad-CAM.*architecture='r3d_18'|architecture='r3d_18'.*"
+                                      'Grad-CAM'):
+    visualize.load_source(workdir)
 
 
 def test_evaluation_refuses_a_3d_run_with_the_way_out(tmp_path):

@@ -188,7 +188,9 @@ def load_source(path: str) -> Source:
                             width_multiplier, variables)
   variables, step = checkpointing.load_encoder_variables(path)
   if 'classifier' not in variables['params']:
-    model_config = checkpointing.load_run_config(path).model
+    run_config = checkpointing.load_run_config(path)
+    checkpointing.require_frame_backbone(run_config, path, 'Grad-CAM (vclr_jax.visualize)')
+    model_config = run_config.model
     return _backbone_source(name, f'{path} step {step}', model_config.depth,
                             model_config.width_multiplier, variables)
   # A fine-tuning run RUN/finetune/<name>: the architecture is its pretraining run's.
