@@ -71,18 +71,19 @@ def config():
 # The longest files first: with --dist loadfile each file runs on one worker, and a long file
 # scheduled last leaves the other worker idle. pytest-xdist would otherwise order the files by
 # their number of tests, which put the one-test test_multiprocess.py last. Seconds in the suite
-# (2 workers, 2026-12-05); in this order the two workers were busy 899 and 887 s.
-LONGEST_FILES = ('test_train_step.py',  # 224 in several tests
+# (2 workers, 2026-12-05); in this order the two workers were busy 899 and 887 s. Figures with
+# a * were cut later that day: the suite's figure scaled by the file's CPU time alone after/before.
+LONGEST_FILES = ('test_train_step.py',  # 170* (224 before) in several tests
                  'test_notebook.py',  # 142
                  'test_multiprocess.py',  # 255, two processes
                  'test_main.py',  # 146
-                 'test_bn_batching.py',  # 119
-                 'test_eval_end_to_end.py',  # 188
+                 'test_bn_batching.py',  # 111* (119 before)
+                 'test_eval_end_to_end.py',  # 151* (188 before)
                  'test_divergence.py',  # 109
                  'test_synthetic_learning.py',  # 118 alone, beside another run
                  'test_tfds.py',  # 71 alone, beside another run
                  'test_input_damage.py',  # 58
-                 'test_checkpointing.py',  # 67
+                 'test_checkpointing.py',  # 63* (67 before)
                  'test_gcs_run.py')  # 103
 
 
