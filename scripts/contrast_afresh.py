@@ -1,0 +1,171 @@
+r"""The video-level contrast of a pretraining checkpoint, measured afresh on the whole training set.
+
+  python scripts/contrast_afresh.py --run=runs/demo --videos=data/synthetic [--step=100]
+
+During training, video_acc scores the positive key against the queue: keys of earlier steps,
+made by an EMA encoder that has moved since. This script scores every training video's query
+tuple (online encoder) against the key tuples of all the others, every key made by the same
+encoder state: one VCLR example per video (its sampling and the device augmentation of the
+run's config), batches of the run's batch size, BatchNorm on batch statistics as in training.
+It prints, as JSON, the accuracy against 64 negatives (the demo's queue size) drawn at random
+from the other videos (exact expectation, not a draw), the same against negatives of other
+classes only, of the same class only, of the same batch only and of other batches only, and the
+share of same-class keys among those that beat the positive (against its chance share). Frames
+are decoded with PyAV and fitted on the run's canvas with PIL (the reader uses TensorFlow's
+antialiased resize: close, not bit-equal).
+
+With --negatives_step, the negatives' keys come from the EMA encoder of that (earlier)
+checkpoint, as a queue's keys come from earlier steps, while the positive keys stay those of
+--step: the difference between the two accuracies is what the keys' age alone gives.
+docs/evidence.md reports what it showed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import av
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vclr_jax import augment  # noqa: E402
+from vclr_jax import batch as batch_layout  # noqa: E402
+from vclr_jax import checkpointing  # noqa: E402
+from vclr_jax import in_memory_data  # noqa: E402
+from vclr_jax import train_state  # noqa: E402
+
+NEGATIVES = 64
+
+
+def fill_canvas(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Resizes to cover (height, width), then crops the centre (as the training reader does)."""
+  h, w = frame.shape[:2]
+  scale = max(height / h, width / w)
+  size = (max(width, round(w * scale)), max(height, round(h * scale)))
+  image = np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
+  top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+  return image[top:top + height, left:left + width]
+
+
+def training_examples(videos_dir: str, frame_size, seed: int):
+  """One VCLR example per training video: its 6 frames on the canvas, anchor and label."""
+  rng = np.random.default_rng(seed)
+  examples = []
+  with open(os.path.join(videos_dir, 'train.txt')) as f:
+    lines = [line.split() for line in f if line.strip()]
+  for relative, label in lines:
+    with av.open(os.path.join(videos_dir, relative)) as container:
+      frames = [frame.to_ndarray(format='rgb24') for frame in container.decode(video=0)]
+    key_indices, query_indices, anchor = in_memory_data.sample_frame_indices(len(frames), rng)
+    chosen = np.concatenate([query_indices, key_indices])
+    examples.append((np.stack([fill_canvas(frames[i], *frame_size) for i in chosen]), anchor,
+                     int(label)))
+  return examples
+
+
+def expected_accuracy(beaten_by: np.ndarray, candidates: np.ndarray, draws: int) -> float:
+  """Mean over rows of P(none of ``draws`` negatives drawn from the row's candidates beats the
+  positive), where ``beaten_by`` counts the candidates that score above the positive."""
+  return float(np.mean([math.comb(int(m) - int(c), min(draws, int(m))) /
+                        math.comb(int(m), min(draws, int(m)))
+                        for c, m in zip(beaten_by, candidates)]))
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--run', required=True, help='the pretraining run directory')
+  parser.add_argument('--videos', required=True,
+                      help='the synthetic videos folder (list layout: train.txt and the mp4s)')
+  parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
+  parser.add_argument('--negatives_step', type=int, default=None,
+                      help="checkpoint whose EMA encoder makes the negatives' keys")
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args(argv)
+
+  config = checkpointing.load_run_config(args.run)
+  item, step = checkpointing.encoder_checkpoint_path(args.run, args.step)
+  state = ocp.StandardCheckpointer().restore(item)
+  negatives_state = state
+  if args.negatives_step is not None:
+    negatives_item, _ = checkpointing.encoder_checkpoint_path(args.run, args.negatives_step)
+    negatives_state = ocp.StandardCheckpointer().restore(negatives_item)
+  model = train_state.build_model(config.model)
+  augment_config = augment.AugmentConfig.from_config(config.data.augment)
+  size = config.data.image_size
+  examples = training_examples(args.videos, tuple(config.data.frame_size), args.seed)
+
+  @jax.jit
+  def embeddings(frames, anchors, key):
+    b = frames.shape[0]
+    crops_per_example = batch_layout.NUM_FRAMES + 1
+    keys = augment.example_keys(key, jnp.arange(b), crops_per_example)
+    sources = jnp.concatenate([jnp.broadcast_to(jnp.arange(batch_layout.NUM_FRAMES),
+                                                (b, batch_layout.NUM_FRAMES)),
+                               anchors[:, None]], axis=1)
+    crops = augment.augment_frames(frames, sources, keys, size, augment_config)
+
+    def video_embedding(params, batch_stats, tuples):
+      features, _ = model.apply({'params': params, 'batch_stats': batch_stats},
+                                tuples.reshape((3 * b,) + tuples.shape[2:]), train=True,
+                                method='features', mutable=['batch_stats'])
+      return model.apply({'params': params}, features.reshape(b, 3, -1),
+                         method='video_embedding')
+
+    return (video_embedding(state['params'], state['batch_stats'], crops[:, :3]),
+            video_embedding(state['ema_params'], state['ema_batch_stats'], crops[:, 3:6]),
+            video_embedding(negatives_state['ema_params'], negatives_state['ema_batch_stats'],
+                            crops[:, 3:6]))
+
+  order = np.random.default_rng(args.seed).permutation(len(examples))
+  b = config.batch_size
+  order = order[:len(order) // b * b]
+  queries, keys, negative_keys = [], [], []
+  for start in range(0, len(order), b):
+    chosen = [examples[i] for i in order[start:start + b]]
+    q, k, negative_k = embeddings(jnp.asarray(np.stack([e[0] for e in chosen])),
+                                  jnp.asarray(np.array([e[1] for e in chosen], np.int32)),
+                                  jax.random.key(start))
+    queries.append(np.asarray(q))
+    keys.append(np.asarray(k))
+    negative_keys.append(np.asarray(negative_k))
+  queries, keys = np.concatenate(queries), np.concatenate(keys)
+  negative_keys = np.concatenate(negative_keys)
+  labels = np.array([examples[i][2] for i in order])
+  n = len(order)
+  positives = np.sum(queries * keys, axis=1)
+  beats = queries @ negative_keys.T > positives[:, None]
+  others = ~np.eye(n, dtype=bool)
+  same_class = (labels[:, None] == labels[None, :]) & others
+  batch_index = np.arange(n) // b
+  same_batch = (batch_index[:, None] == batch_index[None, :]) & others
+
+  def accuracy(mask, draws=NEGATIVES):
+    return round(expected_accuracy((beats & mask).sum(1), mask.sum(1), draws), 3)
+
+  print(json.dumps({
+      'run': args.run, 'step': step,
+      'negatives_step': step if args.negatives_step is None else args.negatives_step,
+      'videos': n,
+      f'acc_vs_{NEGATIVES}_negatives': accuracy(others),
+      f'acc_vs_{NEGATIVES}_other_class_negatives': accuracy(others & ~same_class),
+      'acc_vs_all_same_class_negatives': accuracy(same_class, n),
+      'acc_vs_all_same_batch_negatives': accuracy(same_batch, n),
+      f'acc_vs_{NEGATIVES}_other_batch_negatives': accuracy(others & ~same_batch),
+      'same_class_share_of_keys_beating_the_positive':
+          round(float((beats & same_class).sum() / max(1, beats.sum())), 3),
+      'same_class_share_by_chance': round(float(same_class.sum() / others.sum()), 3),
+  }))
+
+
+if __name__ == '__main__':
+  main()
