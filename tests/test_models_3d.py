@@ -20,8 +20,8 @@ from vclr_jax.interop.torchvision_compat import import_torchvision
 from vclr_jax.interop.verification import (backbone_features, torch_features,
                                            torchvision_video_model)
 from vclr_jax.models.resnet import BatchNorm, conv_kernel_init
-from vclr_jax.models.video3d import (S3D_BN, feature_dim, torch_default_conv_init,
-                                     video_backbone)
+from vclr_jax.models.video3d import (S3D_BN, conv3d_as_2d_convs, feature_dim,
+                                     torch_default_conv_init, video_backbone)
 
 torchvision = import_torchvision()
 ARCHITECTURES = ('r3d_18', 's3d')
@@ -309,3 +309,19 @@ def test_grouped_and_synchronised_batchnorm_over_clips_equals_numpy():
                                rtol=1e-12)
     np.testing.assert_allclose(updated['var'][device], 0.999 * 1.5 + 0.001 * batch_var,
                                rtol=1e-12)
+
+
+@pytest.mark.parametrize('kernel,stride,padding', [((3, 3, 3), (1, 1, 1), (1, 1, 1)),
+                                                   ((3, 7, 7), (1, 2, 2), (1, 3, 3)),
+                                                   ((1, 1, 1), (2, 2, 2), (0, 0, 0)),
+                                                   ((3, 1, 1), (2, 1, 1), (1, 0, 0))])
+def test_conv3d_as_2d_convs_equals_the_3d_convolution(kernel, stride, padding):
+  # The CPU path must compute what accelerators compute with the 3D op.
+  lhs = jax.random.normal(jax.random.key(0), (2, 5, 9, 11, 3))
+  rhs = jax.random.normal(jax.random.key(1), tuple(kernel) + (3, 4))
+  pads = tuple((p, p) for p in padding)
+  expected = jax.lax.conv_general_dilated(lhs, rhs, stride, pads,
+                                          dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
+                                          precision='highest')
+  got = conv3d_as_2d_convs(lhs, rhs, stride, pads, precision='highest')
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
