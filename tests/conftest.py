@@ -78,11 +78,13 @@ LONGEST_FILES = ('test_train_step.py',  # 170* (224 before) in several tests
                  'test_multiprocess.py',  # 255, two processes
                  'test_main.py',  # 146
                  'test_bn_batching.py',  # 111* (119 before)
+                 'test_clips.py',  # ~210 under a load of 10 on 2 cores (8-vs-1-device R3D step)
                  'test_eval_end_to_end.py',  # 151* (188 before)
                  'test_divergence.py',  # 109
                  'test_synthetic_learning.py',  # 118 alone, beside another run
                  'test_tfds.py',  # 71 alone, beside another run
                  'test_input_damage.py',  # 58
+                 'test_models_3d.py',  # ~35 alone
                  'test_checkpointing.py',  # 63* (67 before)
                  'test_gcs_run.py')  # 103
 
