@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 
+from vclr_jax import batch as batch_layout
 from vclr_jax import checkpointing
 from vclr_jax import train_state
 
@@ -16,8 +17,9 @@ def make_encoder_run(workdir, config, step=1, steps=None):
   import orbax.checkpoint as ocp
   model = train_state.build_model(config.model)
   size = config.data.image_size
-  variables = jax.jit(lambda rng: model.init(rng, jnp.zeros((1, 3, size, size, 3)),
-                                             train=False))(jax.random.key(config.seed))
+  frames = jnp.zeros((1, 3) + batch_layout.clip_axis(config.data.clip_length) + (size, size, 3))
+  variables = jax.jit(lambda rng: model.init(rng, frames, train=False))(
+      jax.random.key(config.seed))
   checkpointing.write_run_config(str(workdir), config)
   for index, saved_step in enumerate((step,) if steps is None else steps):
     scaled = dict(variables, params=jax.tree.map(lambda x: x * np.float32(1 + 0.5 * index),

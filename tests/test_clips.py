@@ -15,9 +15,11 @@ from configs import demo_r3d
 from configs import ucf101_r3d
 from configs import ucf101_s3d
 from conftest import tiny_config
+from input_pipeline import eval_reader
 from input_pipeline import prepare
 from input_pipeline import record_stream
 from input_pipeline import train_reader
+from input_pipeline import tsn_reader
 from input_pipeline import vclr_sampling
 from vclr_jax import augment
 from vclr_jax import batch as batch_layout
@@ -128,8 +130,7 @@ def test_train_reader_reads_clips_by_the_rules(index_coded_records):
   for _ in range(4):
     batch = next(iterator)
     batch_layout.check_batch(batch, 8, FRAME_SIZE, clip_length=2)
-    pixels = batch['frames'].mean(axis=(-3, -2))
-    indices, lengths = (np.rint(pixels[..., c] / 4).astype(int) for c in (0, 1))
+    indices, lengths = coded_indices(batch['frames'])
     for example, video_lengths in zip(indices, lengths):
       length = video_lengths[0, 0]
       assert np.all(video_lengths == length)
@@ -141,6 +142,65 @@ def test_train_reader_reads_clips_by_the_rules(index_coded_records):
     next(train_reader.make_train_iterator(
         index_coded_records, 'train', batch_size=2, frame_size=FRAME_SIZE, seed=0,
         clip_length=4, clip_stride=1, process_index=0, process_count=1))
+
+
+def coded_indices(frames):
+  """(..., H, W, 3) index-coded frames -> (frame index, video length) int arrays."""
+  pixels = frames.mean(axis=(-3, -2))
+  return tuple(np.rint(pixels[..., c] / 4).astype(int) for c in (0, 1))
+
+
+@pytest.mark.parametrize('count, clip_length, clip_stride', [(3, 2, 2), (4, 3, 1), (2, 4, 10)])
+def test_eval_reader_takes_uniformly_spaced_clips(index_coded_records, count, clip_length,
+                                                  clip_stride):
+  """Clip starts are round(linspace(1, F - span + 1, N)) - 1; a clip longer than the video
+  (the (4, 10) case: 31 frames) starts at 0 and repeats the last frame."""
+  batches = list(eval_reader.make_eval_iterator(
+      index_coded_records, 'train', batch_size=3, num_frames=count, crop_size=16,
+      clip_length=clip_length, clip_stride=clip_stride, process_index=0, process_count=1))
+  frames = np.concatenate([b['frames'] for b in batches])
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert frames.shape == (6, count, clip_length, 16, 16, 3) and mask.sum() == 4
+  indices, lengths = coded_indices(frames[mask])
+  span = batch_layout.clip_span(clip_length, clip_stride)
+  for video_indices, video_lengths in zip(indices, lengths):
+    length = video_lengths[0, 0]
+    starts = np.round(np.linspace(1, max(length - span + 1, 1), count)).astype(int) - 1
+    expected = np.minimum(starts[:, None] + clip_stride * np.arange(clip_length), length - 1)
+    np.testing.assert_array_equal(video_indices, expected)
+  assert sorted(lengths[:, 0, 0]) == sorted(CODED_LENGTHS)
+
+
+def test_tsn_sampler_draws_every_clip_that_fits_its_segment(index_coded_records):
+  segments, clip_length, clip_stride = 3, 3, 2
+  span = batch_layout.clip_span(clip_length, clip_stride)
+  for length in (18, 31, 7):
+    bounds = np.floor(np.linspace(0, length, segments + 1)).astype(int)
+    drawn = np.stack([tsn_reader.sample_segment_frames(
+        length, segments, tf.constant([seed, 1], tf.int64), clip_length, clip_stride).numpy()
+                      for seed in range(300)])
+    assert drawn.shape == (300, segments, clip_length)
+    for segment in range(segments):
+      lo, hi = bounds[segment], bounds[segment + 1]
+      fitting = set(range(lo, hi - span + 1)) or {lo}  # 7 frames: segments of 2, no clip fits
+      assert set(drawn[:, segment, 0]) == fitting, (length, segment)
+      np.testing.assert_array_equal(
+          drawn[:, segment], np.minimum(drawn[:, segment, :1] + clip_stride *
+                                        np.arange(clip_length), length - 1))
+  # The reader gives the drawn clips' frames, one clip a segment.
+  batch = next(tsn_reader.make_tsn_train_iterator(
+      index_coded_records, 'train', batch_size=4, frame_size=FRAME_SIZE, num_segments=segments,
+      seed=0, clip_length=clip_length, clip_stride=clip_stride, process_index=0,
+      process_count=1))
+  assert batch['frames'].shape == (4, segments, clip_length) + FRAME_SIZE + (3,)
+  indices, lengths = coded_indices(batch['frames'])
+  for video_indices, video_lengths in zip(indices, lengths):
+    bounds = np.floor(np.linspace(0, video_lengths[0, 0], segments + 1)).astype(int)
+    np.testing.assert_array_equal(video_indices - video_indices[:, :1],
+                                  np.broadcast_to(clip_stride * np.arange(clip_length),
+                                                  video_indices.shape))
+    assert np.all(bounds[:-1] <= video_indices[:, 0])
+    assert np.all(video_indices[:, -1] < bounds[1:])
 
 
 def test_every_frame_of_a_clip_gets_the_clips_one_draw():
@@ -274,10 +334,11 @@ def test_export_from_a_3d_run(tmp_path):
     visualize.load_source(workdir)
 
 
-def test_evaluation_refuses_a_3d_run_with_the_way_out(tmp_path):
-  from configs import eval_synthetic
-  from vclr_jax.evaluation import protocols
+def test_snippet_features_refuse_a_3d_run_with_the_way_out(tmp_path):
+  from configs import snippet_features
+  from vclr_jax.evaluation import snippets
   workdir = str(tmp_path / 'run')
   checkpointing.write_run_config(workdir, clip_config())
-  with pytest.raises(UserError, match="architecture='r3d_18'.*vclr_jax.export"):
-    protocols.load_encoder(eval_synthetic.get_config(), workdir)
+  with pytest.raises(UserError, match="architecture='r3d_18'.*snippet features.*"
+                                      'vclr_jax.evaluate .linear, retrieval, finetune'):
+    snippets.run_snippet_features(snippet_features.get_config(), workdir)

@@ -13,7 +13,9 @@ from configs import eval_synthetic
 from configs import finetune_synthetic
 from conftest import tiny_config
 from eval_fixtures import make_encoder_run
+from input_pipeline import eval_reader
 from input_pipeline import synthetic
+from vclr_jax import augment
 from vclr_jax import checkpointing
 from vclr_jax.evaluation import finetune
 from vclr_jax.evaluation import protocols
@@ -125,3 +127,40 @@ def test_tsn_finetune_beats_chance_and_resumes(records_dir, run_dir):
 def _params(finetune_dir, step):
   variables, step = checkpointing.load_encoder_variables(finetune_dir, step)
   return variables['params'], step
+
+
+def test_a_3d_run_is_evaluated_and_fine_tuned_on_clips(records_dir, tmp_path):
+  """An R3D-18 run: features average the run's clips (each clip's feature taken alone here),
+  linear, retrieval and random init work on clips and record them, and TSN fine-tunes the
+  pretrained 3D backbone on one clip a segment."""
+  run_config = tiny_config(**{'model.architecture': 'r3d_18', 'model.width_multiplier': 0.0625,
+                              'data.clip_length': 2, 'data.clip_stride': 2,
+                              'data.image_size': 80})
+  run = make_encoder_run(tmp_path / 'run3d', run_config, step=2)
+  config = _eval_config(records_dir)
+  config.data.num_frames, config.data.crop_size, config.data.resize_short_side = 3, 80, 88
+  protocols.run_linear(config, run, log=quiet)
+  entry, = json.loads((tmp_path / 'run3d' / 'eval' / 'results.json').read_text())
+  assert entry['settings']['clip_length'] == 2 and entry['settings']['clip_stride'] == 2
+  cached = np.load(tmp_path / 'run3d' / 'eval' / 'features_test_step2.npz')
+  encoder = protocols.load_encoder(config, run)
+  clip_features = jax.jit(lambda clip: encoder.model.apply(
+      encoder.variables, augment.normalize_uint8(clip), train=False, method='features'))
+  batch = next(iter(eval_reader.make_eval_iterator(
+      records_dir, 'test', batch_size=4, num_frames=3, crop_size=80, resize_short_side=88,
+      clip_length=2, clip_stride=2, process_index=0, process_count=1)))
+  assert batch['frames'].shape == (4, 3, 2, 80, 80, 3)
+  for clips, index in zip(batch['frames'], batch['video_index']):
+    expected = np.mean([clip_features(clip[None])[0] for clip in clips], axis=0)
+    np.testing.assert_allclose(cached['features'][index], expected, rtol=1e-4, atol=1e-5)
+  config.random_init = True
+  assert set(protocols.run_retrieval(config, run, log=quiet)) == {'R@1', 'R@5', 'R@10'}
+  finetune_config = _finetune_config(records_dir, 'clips', 2)
+  finetune_config.init = 'pretrained'
+  finetune_config.data.test_frames = 3
+  metrics = finetune.run_finetune(finetune_config, run, log=quiet)
+  assert 0 <= metrics['top1'] <= metrics['top5'] <= 1
+  entries = json.loads((tmp_path / 'run3d' / 'eval' / 'results.json').read_text())
+  assert entries[-1]['settings']['clip_length'] == 2
+  finetuned, _ = _params(finetune.finetune_dir(run, 'clips'), None)
+  assert finetuned['backbone']['stem_0']['kernel'].ndim == 5  # (T, H, W, in, out)

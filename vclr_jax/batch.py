@@ -60,10 +60,14 @@ def min_video_frames(clip_length: int = 1, clip_stride: int = 1) -> int:
   return NUM_FRAMES * clip_span(clip_length, clip_stride)
 
 
+def clip_axis(clip_length: int = 1) -> tuple[int, ...]:
+  """The clip axis of a frames array: () for single frames, (L,) for clips of L > 1 frames."""
+  return (clip_length,) if clip_length > 1 else ()
+
+
 def example_frames_shape(frame_size: tuple[int, int], clip_length: int = 1) -> tuple[int, ...]:
   """One example's frames: (6, H, W, 3), or (6, L, H, W, 3) for clips of L > 1 frames."""
-  clip_axis = (clip_length,) if clip_length > 1 else ()
-  return (NUM_FRAMES,) + clip_axis + tuple(frame_size) + (3,)
+  return (NUM_FRAMES,) + clip_axis(clip_length) + tuple(frame_size) + (3,)
 
 
 def batch_shapes(batch_size: int, frame_size: tuple[int, int], clip_length: int = 1
@@ -120,3 +124,9 @@ def random_batch(batch_size: int, frame_size: tuple[int, int], seed: int,
   batch['key_perm'] = np.tile(IDENTITY, (batch_size, 1))
   batch['order_label'] = order_label(batch['query_perm'], batch['key_perm'])
   return batch
+
+
+def clip_shape(data_config) -> tuple[int, int]:
+  """(clip_length, clip_stride) of a run's config.data; (1, 1), single frames, for runs
+  recorded before clips existed."""
+  return data_config.get('clip_length', 1), data_config.get('clip_stride', 1)

@@ -99,14 +99,15 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
 
 
 def require_frame_backbone(run_config: ml_collections.ConfigDict, workdir, what: str) -> None:
-  """Raises UserError for a run with a 3D backbone, which ``what`` cannot take yet: the
-  evaluation readers and TSN feed single frames, not clips (issue 13, item 6)."""
+  """Raises UserError for a run with a 3D backbone, which ``what`` cannot take: Grad-CAM and
+  the snippet features are defined per frame."""
   architecture = run_config.model.get('architecture', 'resnet')
   if architecture != 'resnet':
     raise UserError(f'{workdir} pretrained a 3D backbone (config.model.architecture='
-                    f'{architecture!r}) on clips; {what} takes frames of 2D ResNets only so '
-                    'far. Export the encoder (python -m vclr_jax.export --format=torchvision) '
-                    'and evaluate it in PyTorch on clips.')
+                    f'{architecture!r}) on clips; {what} takes frames of 2D ResNets only. '
+                    'Evaluate it on clips with python -m vclr_jax.evaluate (linear, retrieval, '
+                    'finetune), or export the encoder (python -m vclr_jax.export '
+                    '--format=torchvision) to use it in PyTorch.')
 
 
 def step_dirs(directory) -> dict[int, epath.Path]:

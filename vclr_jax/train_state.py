@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vclr_jax import batch as batch_layout
 from vclr_jax.models.vclr import VCLR
 
 
@@ -130,9 +131,8 @@ def create_train_state(config: ml_collections.ConfigDict, num_train_videos: int,
   model = build_model(config.model)
   init_rng, inter_rng, video_rng, state_rng = jax.random.split(rng, 4)
   size = config.data.image_size
-  clip_axis = (config.data.clip_length,) if config.data.clip_length > 1 else ()
-  variables = model.init(init_rng, jnp.zeros((1, 3) + clip_axis + (size, size, 3), jnp.float32),
-                         train=False)
+  variables = model.init(init_rng, jnp.zeros((1, 3) + batch_layout.clip_axis(
+      config.data.clip_length) + (size, size, 3), jnp.float32), train=False)
   params, batch_stats = variables['params'], variables['batch_stats']
   optimizer = make_optimizer(config, num_train_videos)
   state = TrainState(

@@ -1,7 +1,8 @@
 """Frozen-encoder video features: data-parallel extraction and an on-disk cache.
 
 A video's feature is the online encoder's pooled backbone output averaged over its N
-uniformly sampled, centre-cropped frames (REFERENCE.md; N = 30). Batches become global
+uniformly sampled, centre-cropped frames (REFERENCE.md; N = 30), or, for a 3D backbone, over
+its N uniformly sampled clips of the pretraining run's clip length and stride. Batches become global
 arrays sharded over the ``data`` mesh (every device of every host), the encoder runs per
 device under shard_map, and the outputs of all hosts are gathered, so every host ends with
 the whole split's features in video order. Padding examples (mask False) are dropped.
@@ -35,8 +36,8 @@ SETTINGS_KEY = 'settings_json'
 
 
 def make_video_feature_fn(model: VCLR, mesh: Mesh):
-  """jit(variables, (B, N, H, W, 3) uint8 frames sharded over data) -> (B, F) frame-averaged
-  features; the frames are normalised on the device."""
+  """jit(variables, (B, N, H, W, 3) uint8 frames or (B, N, L, H, W, 3) clips sharded over data)
+  -> (B, F) features averaged over the N; the frames are normalised on the device."""
 
   def on_device(variables, frames):
     b, n = frames.shape[:2]
@@ -51,8 +52,11 @@ def make_video_feature_fn(model: VCLR, mesh: Mesh):
 
 
 def middle_thumbnail(frames: np.ndarray, size: int) -> np.ndarray:
-  """(B, N, H, W, 3) uint8 frames -> (B, size, size, 3) uint8 of each video's middle frame."""
+  """(B, N, H, W, 3) uint8 frames -> (B, size, size, 3) uint8 of each video's middle frame;
+  of (B, N, L, H, W, 3) clips, the middle clip's middle frame."""
   middle = frames[:, frames.shape[1] // 2]
+  if middle.ndim == 5:
+    middle = middle[:, middle.shape[1] // 2]
   rows = np.arange(size) * middle.shape[1] // size
   cols = np.arange(size) * middle.shape[2] // size
   return middle[:, rows][:, :, cols]

@@ -1,11 +1,13 @@
 """TSN fine-tuning (REFERENCE.md, mmaction2's TSN): training, testing, checkpoints, resuming.
 
-The network is the pretraining run's ResNet backbone (initialised from its online encoder, or
+The network is the pretraining run's backbone (initialised from its online encoder, or
 randomly), dropout and a linear classifier applied to each of k segment frames, with the
 segments' logits averaged (average consensus). Training: one random frame per segment,
 random resized crop and flip cut on the device (vclr_jax/augment.py), SGD with momentum and weight
 decay, the learning rate multiplied by decay_factor at each of decay_epochs. Testing: N
 uniform centre-cropped frames per video, each frame a segment, the predictions averaged.
+A run with a 3D backbone fine-tunes on clips of its pretraining clip length and stride: every
+"frame" above is then a clip (one crop and flip per clip), and test_frames counts clips.
 
 The run lives in RUN/finetune/<config.name>/ (checkpoints/ by Orbax, config.json); rerunning
 the same command resumes from the latest checkpoint and continues the same data stream.
@@ -28,6 +30,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vclr_jax import augment
+from vclr_jax import batch as batch_layout
 from vclr_jax import checkpointing
 from vclr_jax import global_batches
 from vclr_jax import train
@@ -35,25 +38,28 @@ from vclr_jax import train_step
 from vclr_jax import training_loop
 from vclr_jax.evaluation import linear
 from vclr_jax.evaluation import results
-from vclr_jax.models.resnet import ResNet
+from vclr_jax.models.vclr import make_backbone
 
 DATA_AXIS = train_step.DATA_AXIS
 
 
 class TSN(nn.Module):
-  """(B, K, H, W, 3) segment frames -> (B, classes) logits averaged over the K segments."""
+  """(B, K, H, W, 3) segment frames, or (B, K, L, H, W, 3) segment clips for a 3D
+  ``architecture`` -> (B, classes) logits averaged over the K segments."""
   depth: int
   width_multiplier: float
   num_classes: int
   dropout: float
   bn_axis_name: str | None = None
+  architecture: str = 'resnet'
 
   @nn.compact
   def __call__(self, frames, train: bool):
     b, k = frames.shape[:2]
     # Named 'backbone' like VCLR's, so a pretraining checkpoint's subtree loads as it is.
-    feats = ResNet(self.depth, self.width_multiplier, bn_axis_name=self.bn_axis_name,
-                   name='backbone')(frames.reshape((b * k,) + frames.shape[2:]), train)
+    backbone = make_backbone(self.architecture, self.depth, self.width_multiplier,
+                             bn_axis_name=self.bn_axis_name, name='backbone')
+    feats = backbone(frames.reshape((b * k,) + frames.shape[2:]), train)
     feats = nn.Dropout(self.dropout, deterministic=not train)(feats.reshape(b, k, -1))
     return nn.Dense(self.num_classes, name='classifier')(feats).mean(axis=1)
 
@@ -86,12 +92,12 @@ def _optimizer(config, steps_per_epoch: int):
                                momentum=config.optim.momentum))
 
 
-def _initial_state(config, workdir, model, optimizer, mesh):
+def _initial_state(config, workdir, model, optimizer, mesh, clip_length: int):
   """(state, description, pretraining step or None): random init, with the backbone replaced
   by the pretraining run's when config.init says so."""
   size = config.data.image_size
-  variables = model.init(jax.random.key(config.seed), jnp.zeros((1, 1, size, size, 3)),
-                         train=False)
+  variables = model.init(jax.random.key(config.seed), jnp.zeros(
+      (1, 1) + batch_layout.clip_axis(clip_length) + (size, size, 3)), train=False)
   params, batch_stats = flax.core.unfreeze(variables['params']), dict(variables['batch_stats'])
   source, step = f'random init (seed {config.seed})', None
   if config.init == 'pretrained':
@@ -115,8 +121,9 @@ def make_train_step(model: TSN, optimizer, mesh, image_size: int,
                     crop_config: augment.AugmentConfig):
   """jit((state, batch) -> (state, metrics)) over the data mesh; BN statistics are synchronised.
 
-  ``batch['frames']`` holds (B, K, H, W, 3) uint8 segment frames; each gets a random resized
-  crop and flip of ``crop_config`` here, with the pretraining step's code.
+  ``batch['frames']`` holds (B, K, H, W, 3) uint8 segment frames or (B, K, L, H, W, 3) clips;
+  each frame (clip) gets a random resized crop and flip of ``crop_config`` here, with the
+  pretraining step's code.
   """
   crop_config = crop_config.crops_only()
 
@@ -149,8 +156,10 @@ def make_train_step(model: TSN, optimizer, mesh, image_size: int,
                                out_specs=(P(), P())), donate_argnums=(0,))
 
 
-def evaluate_tsn(model: TSN, state: FinetuneState, config, mesh, log=print) -> dict[str, float]:
-  """Top-1/top-5 on config.data.test_split: test_frames centre crops, predictions averaged."""
+def evaluate_tsn(model: TSN, state: FinetuneState, config, mesh, clip_length: int = 1,
+                 clip_stride: int = 1, log=print) -> dict[str, float]:
+  """Top-1/top-5 on config.data.test_split: test_frames centre crops (clips of clip_length
+  frames at clip_stride), predictions averaged."""
   from input_pipeline import eval_reader  # TensorFlow only where records are read
   from input_pipeline import records
   data = config.data
@@ -158,7 +167,8 @@ def evaluate_tsn(model: TSN, state: FinetuneState, config, mesh, log=print) -> d
   per_host = config.test_batch_size // jax.process_count()
   batches = eval_reader.make_eval_iterator(
       source_dir, data.test_split, batch_size=per_host, num_frames=data.test_frames,
-      crop_size=data.crop_size, resize_short_side=data.resize_short_side or None)
+      crop_size=data.crop_size, resize_short_side=data.resize_short_side or None,
+      clip_length=clip_length, clip_stride=clip_stride)
   num_batches = eval_reader.num_eval_batches(source_dir, data.test_split, batch_size=per_host)
 
   def on_device(state, frames):
@@ -194,7 +204,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
       raise ValueError(f'config.{name}={config[name]} must be divisible by the {mesh.size} '
                        'devices.')
   run_config = checkpointing.load_run_config(workdir)
-  checkpointing.require_frame_backbone(run_config, workdir, 'TSN fine-tuning')
+  clip_length, clip_stride = batch_layout.clip_shape(run_config.data)
   source_dir = records.source_dir(data)
   index = records.read_index(source_dir, data.train_split)
   steps_per_epoch = index['num_videos'] // config.batch_size
@@ -203,11 +213,13 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
                      f'videos of {source_dir}/{data.train_split}.')
   total_steps = int(config.num_epochs * steps_per_epoch)
   model = TSN(run_config.model.depth, run_config.model.width_multiplier, index['num_classes'],
-              config.dropout, bn_axis_name=DATA_AXIS)
+              config.dropout, bn_axis_name=DATA_AXIS,
+              architecture=run_config.model.get('architecture', 'resnet'))
   optimizer = _optimizer(config, steps_per_epoch)
   out_dir = finetune_dir(workdir, config.name)
   manager = checkpointing.make_manager(out_dir, config.checkpoint)
-  state, source, pretraining_step = _initial_state(config, workdir, model, optimizer, mesh)
+  state, source, pretraining_step = _initial_state(config, workdir, model, optimizer, mesh,
+                                                     clip_length)
   restored = checkpointing.restore_latest(manager, state)
   if restored is not None:
     state = restored
@@ -219,10 +231,11 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
   host_iterator = tsn_reader.make_tsn_train_iterator(
       source_dir, data.train_split, batch_size=config.batch_size // jax.process_count(),
       frame_size=tuple(data.frame_size), num_segments=data.num_segments, seed=config.seed,
-      start_step=start_step, options=record_stream.ReaderOptions.from_config(data))
+      clip_length=clip_length, clip_stride=clip_stride, start_step=start_step, options=record_stream.ReaderOptions.from_config(data))
   batches = global_batches.prefetch_to_mesh(host_iterator, mesh, data.prefetch)
+  clips = f', clips of {clip_length} frames at stride {clip_stride}' if clip_length > 1 else ''
   log(f'TSN fine-tuning {source} on {config.dataset}: steps {start_step}..{total_steps} '
-      f'({steps_per_epoch} per epoch, {data.num_segments} segments) in {out_dir}.')
+      f'({steps_per_epoch} per epoch, {data.num_segments} segments{clips}) in {out_dir}.')
   from clu import metric_writers  # imports TensorFlow for its summary writer
   writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(out_dir)) \
       if jax.process_index() == 0 else None
@@ -241,14 +254,15 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
     from vclr_jax import plots  # matplotlib and tensorboard, once at the end
     log(f'Fine-tuning curves: {plots.write_curves(out_dir)}')
   state = result.state
-  metrics = evaluate_tsn(model, state, config, mesh, log)
+  metrics = evaluate_tsn(model, state, config, mesh, clip_length, clip_stride, log)
   table = results.record(workdir, dict(
       protocol=f'finetune ({config.name})', dataset=config.dataset, split=data.test_split,
       checkpoint_step=pretraining_step, checkpoint=source, metrics=metrics,
       settings=dict(init=config.init, num_segments=data.num_segments,
                     test_frames=data.test_frames, epochs=config.num_epochs,
                     finetune_steps=int(jax.device_get(state.step)), batch_size=config.batch_size,
-                    base_lr=config.optim.base_lr)))
+                    base_lr=config.optim.base_lr,
+                    **results.clip_settings(clip_length, clip_stride))))
   log(f'TSN fine-tuning on {config.dataset}/{data.test_split}: top1 {100 * metrics["top1"]:.2f}, '
       f'top5 {100 * metrics["top5"]:.2f}\n{table}')
   return metrics

@@ -2,7 +2,9 @@
 
 Every protocol reads the pretraining run's config.json for the architecture, takes the
 checkpoint given by config.checkpoint_step (or the untrained network with config.random_init),
-and records its result in RUN/eval/results.json (see results.py).
+and records its result in RUN/eval/results.json (see results.py). A run with a 3D backbone is
+evaluated on clips of its pretraining clip length and stride: config.data.num_frames then
+counts clips.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from vclr_jax import batch as batch_layout
 from vclr_jax import checkpointing
 from vclr_jax import train_state
 from vclr_jax import train_step
@@ -34,19 +37,29 @@ class Encoder:
   step: int | None  # None: random initialisation
   source: str
   tag: str  # names the encoder in cache and picture file names
+  clip_length: int = 1  # the pretraining run's clips (1: single frames, a 2D ResNet)
+  clip_stride: int = 1
+
+  def clip_settings(self) -> dict[str, int]:
+    return results.clip_settings(self.clip_length, self.clip_stride)
+
+  def describe_inputs(self) -> str:
+    if self.clip_length == 1:
+      return 'frames'
+    return f'clips of {self.clip_length} frames at stride {self.clip_stride}'
 
 
 def load_encoder(config: ml_collections.ConfigDict, workdir: str) -> Encoder:
   """The online encoder of the run in ``workdir`` at config.checkpoint_step (-1: latest)."""
   run_config = checkpointing.load_run_config(workdir)
-  checkpointing.require_frame_backbone(run_config, workdir, 'evaluation (vclr_jax.evaluate)')
   model = train_state.build_model(run_config.model)
+  clip_length, clip_stride = batch_layout.clip_shape(run_config.data)
   if config.random_init:
     size = run_config.data.image_size
-    variables = model.init(jax.random.key(config.seed), jnp.zeros((1, 3, size, size, 3)),
-                           train=False)
+    variables = model.init(jax.random.key(config.seed), jnp.zeros(
+        (1, 3) + batch_layout.clip_axis(clip_length) + (size, size, 3)), train=False)
     return Encoder(model, dict(variables), None, f'random init (seed {config.seed})',
-                   f'random_seed{config.seed}')
+                   f'random_seed{config.seed}', clip_length, clip_stride)
   if config.finetuned_backbone:
     # The backbone of a TSN fine-tuning run (RUN/finetune/<name>): the supervised reference.
     directory = finetune.finetune_dir(workdir, config.finetuned_backbone)
@@ -54,14 +67,15 @@ def load_encoder(config: ml_collections.ConfigDict, workdir: str) -> Encoder:
     finetuned, step = checkpointing.load_encoder_variables(directory, step)
     variables = {name: {'backbone': tree['backbone']} for name, tree in finetuned.items()}
     return Encoder(model, variables, step, f'{directory} step {step} (fine-tuned backbone)',
-                   f'finetune-{config.finetuned_backbone}-step{step}')
+                   f'finetune-{config.finetuned_backbone}-step{step}', clip_length, clip_stride)
   checkpoints = checkpointing.absolute(workdir) / checkpointing.CHECKPOINT_DIR
   if not checkpoints.is_dir() or not checkpointing.step_dirs(checkpoints):
     raise FileNotFoundError(f'{checkpoints} holds no checkpoint: pretrain first (python -m '
                             'vclr_jax.main) or pass --config.random_init=True for the baseline.')
   step = None if config.checkpoint_step < 0 else config.checkpoint_step
   variables, step = checkpointing.load_encoder_variables(workdir, step)
-  return Encoder(model, variables, step, str(checkpoints / str(step)), f'step{step}')
+  return Encoder(model, variables, step, str(checkpoints / str(step)), f'step{step}',
+                 clip_length, clip_stride)
 
 
 def split_features(config: ml_collections.ConfigDict, workdir: str, encoder: Encoder,
@@ -78,14 +92,16 @@ def split_features(config: ml_collections.ConfigDict, workdir: str, encoder: Enc
   settings = dict(records_dir=str(checkpointing.absolute(source_dir)), split=split,
                   num_frames=data.num_frames, crop_size=data.crop_size,
                   resize_short_side=data.resize_short_side, checkpoint=encoder.source,
-                  step=encoder.step, thumbnail_size=config.features.thumbnail_size)
+                  step=encoder.step, thumbnail_size=config.features.thumbnail_size,
+                  **encoder.clip_settings())
 
   def extract():
     log(f'Extracting features of {source_dir}/{split} with {encoder.source} '
-        f'({data.num_frames} frames, {data.crop_size} px centre crop).')
+        f'({data.num_frames} {encoder.describe_inputs()}, {data.crop_size} px centre crop).')
     batches = eval_reader.make_eval_iterator(
         source_dir, split, batch_size=per_host, num_frames=data.num_frames,
-        crop_size=data.crop_size, resize_short_side=data.resize_short_side or None)
+        crop_size=data.crop_size, resize_short_side=data.resize_short_side or None,
+        clip_length=encoder.clip_length, clip_stride=encoder.clip_stride)
     num_batches = eval_reader.num_eval_batches(source_dir, split, batch_size=per_host)
     return features_lib.extract_features(
         encoder.model, encoder.variables, batches, train_step.make_mesh(),
@@ -128,7 +144,7 @@ def run_linear(config, workdir, log=print) -> dict[str, float]:
   else:
     raise ValueError(f"config.linear.solver must be 'svm' or 'jax', got {config.linear.solver!r}.")
   settings.update(num_frames=config.data.num_frames, crop_size=config.data.crop_size,
-                  train_split=config.data.train_split)
+                  train_split=config.data.train_split, **encoder.clip_settings())
   return _record(config, workdir, encoder, 'linear', config.data.test_split, metrics, settings,
                  log)
 
@@ -143,7 +159,8 @@ def run_retrieval(config, workdir, log=print) -> dict[str, float]:
                                   gallery['labels'], ks)
   settings = dict(ks=list(ks), gallery_split=config.data.train_split,
                   num_frames=config.data.num_frames, crop_size=config.data.crop_size,
-                  similarity='cosine', ties='lower gallery index first')
+                  similarity='cosine', ties='lower gallery index first',
+                  **encoder.clip_settings())
   if config.retrieval.picture_queries and 'thumbnails' in queries and jax.process_index() == 0:
     settings['picture'] = _retrieval_picture(config, workdir, encoder, queries, gallery)
     log(f'Retrieval picture: {settings["picture"]}')

@@ -45,3 +45,11 @@ def render_table(entries: list[dict]) -> str:
     lines.append(f'| {entry["protocol"]} | {entry["dataset"]} | {entry["split"]} | {step} | '
                  f'{metrics} |')
   return '\n'.join(lines)
+
+
+def clip_settings(clip_length: int, clip_stride: int) -> dict[str, int]:
+  """What a 3D encoder's results (and cached features) record of its clips; nothing for single
+  frames, so that the records of 2D runs stay as they were."""
+  if clip_length == 1:
+    return {}
+  return dict(clip_length=clip_length, clip_stride=clip_stride)

@@ -29,6 +29,7 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vclr_jax import checkpointing
 from vclr_jax.evaluation import features as features_lib
 from vclr_jax.evaluation import protocols
 from vclr_jax.train_step import DATA_AXIS
@@ -84,6 +85,8 @@ def run_snippet_features(config: ml_collections.ConfigDict, workdir: str, log=pr
   """Writes every split's per-video feature files; returns the output folder."""
   from input_pipeline import records
   from input_pipeline import snippet_reader  # TensorFlow only where records are read
+  checkpointing.require_frame_backbone(checkpointing.load_run_config(workdir), workdir,
+                                       'snippet features (one feature per frame)')
   encoder = protocols.load_encoder(config, workdir)
   data, snippets = config.data, config.snippets
   source_dir = records.source_dir(data)

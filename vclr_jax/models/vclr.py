@@ -37,6 +37,16 @@ def backbone_feature_dim(architecture: str, depth: int, width_multiplier: float)
   return video3d.feature_dim(architecture, width_multiplier)
 
 
+def make_backbone(architecture: str, depth: int, width_multiplier: float, bn_groups: int = 1,
+                  bn_axis_name: str | None = None, dtype: Any = jnp.float32,
+                  name: str | None = None) -> nn.Module:
+  """The ResNet of ``depth`` on frames, or the 3D network ``architecture`` on clips."""
+  if architecture == 'resnet':
+    return resnet.ResNet(depth, width_multiplier, bn_groups, bn_axis_name, dtype, name=name)
+  return video3d.video_backbone(architecture, width_multiplier, bn_groups, bn_axis_name, dtype,
+                                name=name)
+
+
 class TorchLinear(nn.Module):
   """torch.nn.Linear with its default init: U(+-1/sqrt(fan_in)) for weight and bias."""
   features: int
@@ -95,12 +105,8 @@ class VCLR(nn.Module):
     if self.architecture not in ARCHITECTURES:
       raise ValueError(f'model.architecture must be one of {ARCHITECTURES}, got '
                        f'{self.architecture!r}.')
-    if self.architecture == 'resnet':
-      self.backbone = resnet.ResNet(self.depth, self.width_multiplier, self.bn_groups,
-                                    self.bn_axis_name, self.dtype)
-    else:
-      self.backbone = video3d.video_backbone(self.architecture, self.width_multiplier,
-                                             self.bn_groups, self.bn_axis_name, self.dtype)
+    self.backbone = make_backbone(self.architecture, self.depth, self.width_multiplier,
+                                  self.bn_groups, self.bn_axis_name, self.dtype)
     hidden = backbone_feature_dim(self.architecture, self.depth, self.width_multiplier)
     self.heads = {name: ProjectionHead(hidden, self.embed_dim, name=f'{name}_head')
                   for name in HEADS}

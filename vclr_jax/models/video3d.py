@@ -282,10 +282,11 @@ def _check(architecture: str):
 
 
 def video_backbone(architecture: str, width_multiplier: float = 1.0, bn_groups: int = 1,
-                   bn_axis_name: str | None = None, dtype: Any = jnp.float32) -> nn.Module:
+                   bn_axis_name: str | None = None, dtype: Any = jnp.float32,
+                   name: str | None = None) -> nn.Module:
   """The backbone called ``architecture`` ('r3d_18' or 's3d'); arguments as ResNet's."""
   _check(architecture)
-  return ARCHITECTURES[architecture](width_multiplier, bn_groups, bn_axis_name, dtype)
+  return ARCHITECTURES[architecture](width_multiplier, bn_groups, bn_axis_name, dtype, name=name)
 
 
 def feature_dim(architecture: str, width_multiplier: float = 1.0) -> int:
