@@ -6,15 +6,17 @@ a few minutes on 2 CPU cores.
       --out=data/synthetic_clip_records --min_frames=12
   python -m vclr_jax.main --config=configs/demo_r3d.py --workdir=runs/demo_r3d
 
+  python -m vclr_jax.evaluate --config=configs/eval_synthetic_r3d.py --workdir=runs/demo_r3d \
+      --eval=linear
+
 configs/demo.py with the backbone and inputs of configs/ucf101_r3d.py shrunk: an eighth-width
 R3D-18 (8 channels in the stem), clips of 2 consecutive frames, 80 px crops, batch 16. Clips
 of 2 frames need videos of 12 frames (two disjoint clips per segment), so the preparation
-above skips the shorter synthetic videos (0.6 s at 12 fps is 7 frames). 3D convolutions cost
-more than the 2D demo's on a CPU, so the run is short: 3 epochs, about 50 steps; a step took
-6.7 s on 2 busy CPU cores (benchmarks/train_step.py, 2026-12-05; 95 s to compile), so about
-7 minutes in all. It shows the pipeline end to end (clip sampling, per-clip augmentation, the
-3D step, checkpoints, curves); it is not long enough to show what VCLR learns (configs/demo.py
-does that), and nothing evaluates a 3D encoder yet.
+above skips the shorter synthetic videos (0.6 s at 12 fps is 7 frames: 265 of 288 training
+videos stay). 3D convolutions cost more than the 2D demo's on a CPU, so the run is short: 3
+epochs, 48 steps, about 3 minutes on 2 idle CPU cores (0.35 steps/s after a minute of
+compiling, 2026-12-05). What it learns, against random init, is in docs/evidence.md ("The 3D
+demo"); 12 epochs did not do better.
 """
 
 import ml_collections

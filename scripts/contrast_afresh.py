@@ -17,6 +17,14 @@ antialiased resize: close, not bit-equal).
 With --negatives_step, the negatives' keys come from the EMA encoder of that (earlier)
 checkpoint, as a queue's keys come from earlier steps, while the positive keys stay those of
 --step: the difference between the two accuracies is what the keys' age alone gives.
+
+The inter-frame term is scored the same way, row by row: the anchor frame's online inter
+embedding q against k1 (the anchor frame re-augmented) and against k2, k3 (the query tuple's
+frames of the other two segments), all keys from the EMA encoder in one BatchNorm batch, the
+negatives drawn from the other videos' k2 and k3 keys (what the demo's 64-row queue holds: each
+step writes k1, k2, k3 in blocks of the batch, the last two blocks stay). It prints the
+accuracy of the k1 rows and of the k2/k3 rows apart: whether a frame is told from other videos'
+frames as itself, or as its video.
 docs/evidence.md reports what it showed.
 """
 
@@ -121,25 +129,40 @@ def main(argv=None) -> None:
       return model.apply({'params': params}, features.reshape(b, 3, -1),
                          method='video_embedding')
 
+    def inter_embeddings(params, batch_stats, frames):
+      features, _ = model.apply({'params': params, 'batch_stats': batch_stats}, frames,
+                                train=True, method='features', mutable=['batch_stats'])
+      return model.apply({'params': params}, features, method='frame_embeddings')['inter']
+
+    rows = jnp.arange(b)
+    online = inter_embeddings(state['params'], state['batch_stats'],
+                              crops[:, :3].reshape((3 * b,) + crops.shape[2:]))
+    q_inter = online.reshape(b, 3, -1)[rows, anchors]
+    # x1 and the query tuple through the EMA encoder in one BN batch, as the fused key pass.
+    ema = inter_embeddings(state['ema_params'], state['ema_batch_stats'],
+                           jnp.concatenate([crops[:, 6], crops[:, :3].reshape(
+                               (3 * b,) + crops.shape[2:])])).reshape(4, b, -1)
+    tuple_keys = ema[1:].transpose(1, 0, 2)  # (b, segment, D)
+    other_a = jnp.where(anchors == 0, 1, 0)
+    other_b = jnp.where(anchors == 2, 1, 2)
+    inter_keys = jnp.stack([ema[0], tuple_keys[rows, other_a], tuple_keys[rows, other_b]], 1)
     return (video_embedding(state['params'], state['batch_stats'], crops[:, :3]),
             video_embedding(state['ema_params'], state['ema_batch_stats'], crops[:, 3:6]),
             video_embedding(negatives_state['ema_params'], negatives_state['ema_batch_stats'],
-                            crops[:, 3:6]))
+                            crops[:, 3:6]),
+            q_inter, inter_keys)
 
   order = np.random.default_rng(args.seed).permutation(len(examples))
   b = config.batch_size
   order = order[:len(order) // b * b]
-  queries, keys, negative_keys = [], [], []
+  outputs = []
   for start in range(0, len(order), b):
     chosen = [examples[i] for i in order[start:start + b]]
-    q, k, negative_k = embeddings(jnp.asarray(np.stack([e[0] for e in chosen])),
-                                  jnp.asarray(np.array([e[1] for e in chosen], np.int32)),
-                                  jax.random.key(start))
-    queries.append(np.asarray(q))
-    keys.append(np.asarray(k))
-    negative_keys.append(np.asarray(negative_k))
-  queries, keys = np.concatenate(queries), np.concatenate(keys)
-  negative_keys = np.concatenate(negative_keys)
+    outputs.append([np.asarray(x) for x in embeddings(
+        jnp.asarray(np.stack([e[0] for e in chosen])),
+        jnp.asarray(np.array([e[1] for e in chosen], np.int32)), jax.random.key(start))])
+  queries, keys, negative_keys, inter_queries, inter_keys = (
+      np.concatenate(parts) for parts in zip(*outputs))
   labels = np.array([examples[i][2] for i in order])
   n = len(order)
   positives = np.sum(queries * keys, axis=1)
@@ -151,6 +174,19 @@ def main(argv=None) -> None:
 
   def accuracy(mask, draws=NEGATIVES):
     return round(expected_accuracy((beats & mask).sum(1), mask.sum(1), draws), 3)
+
+  # Inter rows: candidates are the other videos' k2 and k3 keys.
+  inter_negatives = inter_keys[:, 1:].reshape(2 * n, -1)
+  inter_others = np.repeat(others, 2, axis=1)
+  inter_scores = inter_queries @ inter_negatives.T
+
+  def inter_accuracy(positive_rows):
+    accuracies = []
+    for row in positive_rows:
+      positives = np.sum(inter_queries * inter_keys[:, row], axis=1)
+      beaten = (inter_scores > positives[:, None]) & inter_others
+      accuracies.append(expected_accuracy(beaten.sum(1), inter_others.sum(1), NEGATIVES))
+    return round(float(np.mean(accuracies)), 3)
 
   print(json.dumps({
       'run': args.run, 'step': step,
@@ -164,6 +200,9 @@ def main(argv=None) -> None:
       'same_class_share_of_keys_beating_the_positive':
           round(float((beats & same_class).sum() / max(1, beats.sum())), 3),
       'same_class_share_by_chance': round(float(same_class.sum() / others.sum()), 3),
+      f'inter_acc_vs_{NEGATIVES}_negatives': inter_accuracy((0, 1, 2)),
+      'inter_acc_k1_rows': inter_accuracy((0,)),
+      'inter_acc_k2_k3_rows': inter_accuracy((1, 2)),
   }))
 
 
