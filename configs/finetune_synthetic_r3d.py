@@ -5,7 +5,9 @@
 
 configs/finetune_synthetic.py on the clip records at the 3D demo's 80 px: each of 3 segments
 gives one clip of the run's length and stride (read from the run), testing averages 8 uniform
-clips. 20 epochs (about 330 steps of batch 16): 3D steps cost several times the 2D demo's.
+clips. 20 epochs (320 steps of batch 16): 3D steps cost several times the 2D demo's. From the
+seed-0 3D demo: test top-1 57.8%, top-5 94.0%, in 15 minutes on 2 CPU cores shared with a
+test run (0.3 steps/s; 2026-12-05).
 """
 
 import ml_collections
