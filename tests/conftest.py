@@ -79,7 +79,7 @@ LONGEST_FILES = ('test_train_step.py',  # 170* (224 before) in several tests
                  'test_main.py',  # 146
                  'test_bn_batching.py',  # 111* (119 before)
                  'test_clips.py',  # ~210 under a load of 10 on 2 cores (8-vs-1-device R3D step)
-                 'test_eval_end_to_end.py',  # 151* (188 before)
+                 'test_eval_end_to_end.py',  # 151* (188 before), +70 alone for the 3D test
                  'test_divergence.py',  # 109
                  'test_synthetic_learning.py',  # 118 alone, beside another run
                  'test_tfds.py',  # 71 alone, beside another run
