@@ -24,7 +24,10 @@ frames of the other two segments), all keys from the EMA encoder in one BatchNor
 negatives drawn from the other videos' k2 and k3 keys (what the demo's 64-row queue holds: each
 step writes k1, k2, k3 in blocks of the batch, the last two blocks stay). It prints the
 accuracy of the k1 rows and of the k2/k3 rows apart: whether a frame is told from other videos'
-frames as itself, or as its video.
+frames as itself, or as its video. With --split_inter_by_phase (videos of
+``input_pipeline.synthetic`` generated with --generator_seed) the k2/k3 rows are also scored
+apart by whether the two frames play the same phase (the generator, rerun, says which phase
+each frame plays).
 docs/evidence.md reports what it showed.
 """
 
@@ -65,7 +68,8 @@ def fill_canvas(frame: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def training_examples(videos_dir: str, frame_size, seed: int):
-  """One VCLR example per training video: its 6 frames on the canvas, anchor and label."""
+  """One VCLR example per training video: its 6 frames on the canvas, anchor, label, the
+  video's path in the list and the query tuple's frame indices."""
   rng = np.random.default_rng(seed)
   examples = []
   with open(os.path.join(videos_dir, 'train.txt')) as f:
@@ -76,7 +80,7 @@ def training_examples(videos_dir: str, frame_size, seed: int):
     key_indices, query_indices, anchor = in_memory_data.sample_frame_indices(len(frames), rng)
     chosen = np.concatenate([query_indices, key_indices])
     examples.append((np.stack([fill_canvas(frames[i], *frame_size) for i in chosen]), anchor,
-                     int(label)))
+                     int(label), relative, query_indices))
   return examples
 
 
@@ -86,6 +90,19 @@ def expected_accuracy(beaten_by: np.ndarray, candidates: np.ndarray, draws: int)
   return float(np.mean([math.comb(int(m) - int(c), min(draws, int(m))) /
                         math.comb(int(m), min(draws, int(m)))
                         for c, m in zip(beaten_by, candidates)]))
+
+
+def same_phase_as_anchor(examples, generator_seed: int) -> np.ndarray:
+  """(n, 2) bool: whether x2 and x3 play the anchor frame's phase, from the generator rerun."""
+  from input_pipeline import synthetic
+  same = []
+  for _, anchor, label, relative, query_indices in examples:
+    name, video = relative.split('/')[0], int(relative.rsplit('_', 1)[1].split('.')[0])
+    _, _, playing = synthetic.render_video(tuple(name.split('-')),
+                                           np.random.default_rng([generator_seed, label, video]))
+    others = (1 if anchor == 0 else 0, 1 if anchor == 2 else 2)
+    same.append([playing[query_indices[anchor]] == playing[query_indices[o]] for o in others])
+  return np.array(same)
 
 
 def main(argv=None) -> None:
@@ -98,6 +115,10 @@ def main(argv=None) -> None:
   parser.add_argument('--negatives_step', type=int, default=None,
                       help="checkpoint whose EMA encoder makes the negatives' keys")
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--split_inter_by_phase', action='store_true',
+                      help='score the k2/k3 rows apart by phase (synthetic videos only)')
+  parser.add_argument('--generator_seed', type=int, default=0,
+                      help='the --seed the synthetic videos were generated with')
   args = parser.parse_args(argv)
 
   config = checkpointing.load_run_config(args.run)
@@ -180,14 +201,24 @@ def main(argv=None) -> None:
   inter_others = np.repeat(others, 2, axis=1)
   inter_scores = inter_queries @ inter_negatives.T
 
-  def inter_accuracy(positive_rows):
-    accuracies = []
-    for row in positive_rows:
+  def inter_accuracy(positive_rows, selected=None):
+    """Over the rows of positives ``positive_rows`` (0: k1, 1: k2, 2: k3), those of each
+    column of ``selected`` (n, len(positive_rows)) bool only, if given."""
+    beaten, candidates = [], []
+    for column, row in enumerate(positive_rows):
       positives = np.sum(inter_queries * inter_keys[:, row], axis=1)
-      beaten = (inter_scores > positives[:, None]) & inter_others
-      accuracies.append(expected_accuracy(beaten.sum(1), inter_others.sum(1), NEGATIVES))
-    return round(float(np.mean(accuracies)), 3)
+      keep = np.ones(n, bool) if selected is None else selected[:, column]
+      beaten.append(((inter_scores > positives[:, None]) & inter_others).sum(1)[keep])
+      candidates.append(inter_others.sum(1)[keep])
+    return round(expected_accuracy(np.concatenate(beaten), np.concatenate(candidates),
+                                   NEGATIVES), 3)
 
+  by_phase = {}
+  if args.split_inter_by_phase:
+    same = same_phase_as_anchor([examples[i] for i in order], args.generator_seed)
+    by_phase = {'inter_acc_k2_k3_rows_same_phase': inter_accuracy((1, 2), same),
+                'inter_acc_k2_k3_rows_other_phase': inter_accuracy((1, 2), ~same),
+                'k2_k3_rows_same_phase_share': round(float(same.mean()), 3)}
   print(json.dumps({
       'run': args.run, 'step': step,
       'negatives_step': step if args.negatives_step is None else args.negatives_step,
@@ -203,6 +234,7 @@ def main(argv=None) -> None:
       f'inter_acc_vs_{NEGATIVES}_negatives': inter_accuracy((0, 1, 2)),
       'inter_acc_k1_rows': inter_accuracy((0,)),
       'inter_acc_k2_k3_rows': inter_accuracy((1, 2)),
+      **by_phase,
   }))
 
 
