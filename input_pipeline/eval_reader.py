@@ -2,8 +2,9 @@
 
 Used for feature extraction (linear probe, retrieval: 30 frames) and for TSN testing (25 or 8
 frames). For 3D backbones every one of the N becomes a clip of ``clip_length`` frames at
-``clip_stride``, the clips' first frames uniformly spaced over the starts that fit. Hosts read disjoint shards; every host yields the same number of batches (padded with
-masked-out examples) so that collective ops in the consumer stay in step. Damaged records are
+``clip_stride``, the clips' first frames uniformly spaced over the starts that fit. Hosts read
+disjoint shards; every host yields the same number of batches (padded with masked-out
+examples) so that collective ops in the consumer stay in step. Damaged records are
 masked out like padding, counted and named (input_pipeline/damage.py).
 """
 
@@ -47,16 +48,12 @@ def make_eval_example(serialized, record_format: str, num_frames: int, crop_size
   images = frame_decoding.decode_frames(tf.gather(video['frames'], tf.reshape(indices, [-1])))
   frames = frame_decoding.center_crop(images, crop_size, resize_short_side)
   return {
-      'frames': tf.reshape(frames, frames_shape(num_frames, clip_length, crop_size)),
+      'frames': tf.reshape(frames, batch_layout.frames_shape(
+          num_frames, (crop_size, crop_size), clip_length)),
       'label': video['label'],
       'video_index': video['video_index'],
       'mask': tf.constant(True),
   }
-
-
-def frames_shape(num_frames: int, clip_length: int, crop_size: int) -> list[int]:
-  """One example's frames: (N, crop, crop, 3), or (N, L, crop, crop, 3) for clips."""
-  return [num_frames] + list(batch_layout.clip_axis(clip_length)) + [crop_size, crop_size, 3]
 
 
 def num_eval_batches(records_dir: str, split: str, *, batch_size: int,
@@ -94,7 +91,8 @@ def make_eval_iterator(records_dir: str, split: str, *, batch_size: int, num_fra
 
   def placeholder():  # padding, and what a damaged video becomes (damage.SkippingBatches)
     return {
-        'frames': tf.zeros(frames_shape(num_frames, clip_length, crop_size), tf.uint8),
+        'frames': tf.zeros(batch_layout.frames_shape(num_frames, (crop_size, crop_size),
+                                                     clip_length), tf.uint8),
         'label': tf.constant(PADDING_INDEX),
         'video_index': tf.constant(PADDING_INDEX),
         'mask': tf.constant(False),

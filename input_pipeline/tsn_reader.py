@@ -49,19 +49,15 @@ def make_tsn_example(serialized, record_format: str, example_seed, num_segments:
                                   clip_length, clip_stride)
   jpegs = tf.gather(video['frames'], tf.reshape(indices, [-1]))
   frames = frame_decoding.decode_onto_canvas(jpegs, num_segments * clip_length, frame_size)
-  return {'frames': tf.reshape(frames, segments_shape(num_segments, frame_size, clip_length)),
+  return {'frames': tf.reshape(frames, batch_layout.frames_shape(num_segments, frame_size,
+                                                                clip_length)),
           'label': video['label'], 'video_index': video['video_index']}
-
-
-def segments_shape(num_segments: int, frame_size: tuple[int, int], clip_length: int):
-  """One example's frames: (k, H, W, 3), or (k, L, H, W, 3) for clips."""
-  return (num_segments,) + batch_layout.clip_axis(clip_length) + tuple(frame_size) + (3,)
 
 
 def make_tsn_train_iterator(records_dir: str, split: str, *, batch_size: int,
                             frame_size: tuple[int, int], num_segments: int, seed: int,
-                            clip_length: int = 1, clip_stride: int = 1, start_step: int = 0, process_index: int | None = None,
-                            process_count: int | None = None,
+                            clip_length: int = 1, clip_stride: int = 1, start_step: int = 0,
+                            process_index: int | None = None, process_count: int | None = None,
                             options: record_stream.ReaderOptions = record_stream.ReaderOptions()
                             ) -> damage.SkippingBatches:
   """Endless per-host batches: 'frames' (b, num_segments, H, W, 3) uint8 on the frame_size
@@ -77,8 +73,8 @@ def make_tsn_train_iterator(records_dir: str, split: str, *, batch_size: int,
       make=lambda element: make_tsn_example(element['serialized'], record_format,
                                             element['example_seed'], num_segments, frame_size,
                                             clip_length, clip_stride),
-      placeholder=lambda: {'frames': tf.zeros(segments_shape(num_segments, frame_size,
-                                                             clip_length), tf.uint8),
+      placeholder=lambda: {'frames': tf.zeros(batch_layout.frames_shape(
+          num_segments, frame_size, clip_length), tf.uint8),
                            'label': tf.constant(0), 'video_index': tf.constant(0)},
       batch_size=batch_size, seed=seed, start_step=start_step, process_index=process_index,
       process_count=process_count, options=options)

@@ -53,6 +53,7 @@ from vclr_jax import batch as batch_layout  # noqa: E402
 from vclr_jax import checkpointing  # noqa: E402
 from vclr_jax import in_memory_data  # noqa: E402
 from vclr_jax import train_state  # noqa: E402
+from vclr_jax import train_step  # noqa: E402
 
 NEGATIVES = 64
 
@@ -100,8 +101,8 @@ def same_phase_as_anchor(examples, generator_seed: int) -> np.ndarray:
     name, video = relative.split('/')[0], int(relative.rsplit('_', 1)[1].split('.')[0])
     _, _, playing = synthetic.render_video(tuple(name.split('-')),
                                            np.random.default_rng([generator_seed, label, video]))
-    others = (1 if anchor == 0 else 0, 1 if anchor == 2 else 2)
-    same.append([playing[query_indices[anchor]] == playing[query_indices[o]] for o in others])
+    same.append([playing[query_indices[anchor]] == playing[query_indices[int(other)]]
+                 for other in train_step.other_segments(anchor)])
   return np.array(same)
 
 
@@ -164,8 +165,7 @@ def main(argv=None) -> None:
                            jnp.concatenate([crops[:, 6], crops[:, :3].reshape(
                                (3 * b,) + crops.shape[2:])])).reshape(4, b, -1)
     tuple_keys = ema[1:].transpose(1, 0, 2)  # (b, segment, D)
-    other_a = jnp.where(anchors == 0, 1, 0)
-    other_b = jnp.where(anchors == 2, 1, 2)
+    other_a, other_b = train_step.other_segments(anchors)
     inter_keys = jnp.stack([ema[0], tuple_keys[rows, other_a], tuple_keys[rows, other_b]], 1)
     return (video_embedding(state['params'], state['batch_stats'], crops[:, :3]),
             video_embedding(state['ema_params'], state['ema_batch_stats'], crops[:, 3:6]),

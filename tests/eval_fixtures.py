@@ -17,7 +17,7 @@ def make_encoder_run(workdir, config, step=1, steps=None):
   import orbax.checkpoint as ocp
   model = train_state.build_model(config.model)
   size = config.data.image_size
-  frames = jnp.zeros((1, 3) + batch_layout.clip_axis(config.data.clip_length) + (size, size, 3))
+  frames = jnp.zeros((1,) + batch_layout.frames_shape(3, (size, size), config.data.clip_length))
   variables = jax.jit(lambda rng: model.init(rng, frames, train=False))(
       jax.random.key(config.seed))
   checkpointing.write_run_config(str(workdir), config)

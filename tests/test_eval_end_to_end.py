@@ -17,6 +17,8 @@ from input_pipeline import eval_reader
 from input_pipeline import synthetic
 from vclr_jax import augment
 from vclr_jax import checkpointing
+from vclr_jax import visualize
+from vclr_jax.cli_errors import UserError
 from vclr_jax.evaluation import finetune
 from vclr_jax.evaluation import protocols
 
@@ -164,3 +166,6 @@ def test_a_3d_run_is_evaluated_and_fine_tuned_on_clips(records_dir, tmp_path):
   assert entries[-1]['settings']['clip_length'] == 2
   finetuned, _ = _params(finetune.finetune_dir(run, 'clips'), None)
   assert finetuned['backbone']['stem_0']['kernel'].ndim == 5  # (T, H, W, in, out)
+  # Grad-CAM draws frames: it refuses the fine-tuned 3D network as it does the pretrained one.
+  with pytest.raises(UserError, match="architecture='r3d_18'.*Grad-CAM"):
+    visualize.load_source(finetune.finetune_dir(run, 'clips'))

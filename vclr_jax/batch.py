@@ -60,14 +60,17 @@ def min_video_frames(clip_length: int = 1, clip_stride: int = 1) -> int:
   return NUM_FRAMES * clip_span(clip_length, clip_stride)
 
 
-def clip_axis(clip_length: int = 1) -> tuple[int, ...]:
-  """The clip axis of a frames array: () for single frames, (L,) for clips of L > 1 frames."""
-  return (clip_length,) if clip_length > 1 else ()
+def frames_shape(count: int, frame_size: tuple[int, int], clip_length: int = 1
+                 ) -> tuple[int, ...]:
+  """``count`` frames of (H, W) = frame_size: (count, H, W, 3), or (count, L, H, W, 3) for
+  clips of L > 1 frames (every reader's examples and every model's init input)."""
+  clip_axis = (clip_length,) if clip_length > 1 else ()
+  return (count,) + clip_axis + tuple(frame_size) + (3,)
 
 
 def example_frames_shape(frame_size: tuple[int, int], clip_length: int = 1) -> tuple[int, ...]:
   """One example's frames: (6, H, W, 3), or (6, L, H, W, 3) for clips of L > 1 frames."""
-  return (NUM_FRAMES,) + clip_axis(clip_length) + tuple(frame_size) + (3,)
+  return frames_shape(NUM_FRAMES, frame_size, clip_length)
 
 
 def batch_shapes(batch_size: int, frame_size: tuple[int, int], clip_length: int = 1

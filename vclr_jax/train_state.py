@@ -131,8 +131,8 @@ def create_train_state(config: ml_collections.ConfigDict, num_train_videos: int,
   model = build_model(config.model)
   init_rng, inter_rng, video_rng, state_rng = jax.random.split(rng, 4)
   size = config.data.image_size
-  variables = model.init(init_rng, jnp.zeros((1, 3) + batch_layout.clip_axis(
-      config.data.clip_length) + (size, size, 3), jnp.float32), train=False)
+  variables = model.init(init_rng, jnp.zeros((1,) + batch_layout.frames_shape(
+      3, (size, size), config.data.clip_length), jnp.float32), train=False)
   params, batch_stats = variables['params'], variables['batch_stats']
   optimizer = make_optimizer(config, num_train_videos)
   state = TrainState(

@@ -140,7 +140,7 @@ def resolve_shuffle_bn(config: ml_collections.ConfigDict, num_devices: int) -> N
   config.model.shuffle_bn_groups_per_device = shuffle_bn_groups(config, num_devices)
 
 
-def _other_segments(anchor):
+def other_segments(anchor):
   """Indices of x2 and x3: the two segments other than the anchor's, in temporal order."""
   return jnp.where(anchor == 0, 1, 0), jnp.where(anchor == 2, 1, 2)
 
@@ -204,7 +204,7 @@ def augmented_views(batch, key, image_size: int, config: augment.AugmentConfig, 
 def _key_encoder_outputs(key_model, state, batch, rng, shuffle_devices: int, reference: bool):
   """EMA-encoder embeddings of x1, x2, x3 and the key tuple, and its updated BN statistics."""
   frames, anchor = batch['query_frames'], batch['anchor']
-  other_a, other_b = _other_segments(anchor)
+  other_a, other_b = other_segments(anchor)
   b = anchor.shape[0]
   key_tuple = batch['key_frames']
   passes = [batch['x1'], _rows(frames, other_a), _rows(frames, other_b),

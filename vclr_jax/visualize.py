@@ -187,14 +187,15 @@ def load_source(path: str) -> Source:
     return _backbone_source(name, f'{path} (ResNet-{depth}, {weights.layout})', depth,
                             width_multiplier, variables)
   variables, step = checkpointing.load_encoder_variables(path)
-  if 'classifier' not in variables['params']:
-    run_config = checkpointing.load_run_config(path)
-    checkpointing.require_frame_backbone(run_config, path, 'Grad-CAM (vclr_jax.visualize)')
-    model_config = run_config.model
+  finetuned = 'classifier' in variables['params']
+  # A fine-tuning run RUN/finetune/<name>: the architecture is its pretraining run's.
+  run_dir = checkpointing.absolute(path).parent.parent if finetuned else path
+  run_config = checkpointing.load_run_config(run_dir)
+  checkpointing.require_frame_backbone(run_config, run_dir, 'Grad-CAM (vclr_jax.visualize)')
+  model_config = run_config.model
+  if not finetuned:
     return _backbone_source(name, f'{path} step {step}', model_config.depth,
                             model_config.width_multiplier, variables)
-  # A fine-tuning run RUN/finetune/<name>: the architecture is its pretraining run's.
-  model_config = checkpointing.load_run_config(checkpointing.absolute(path).parent.parent).model
   num_classes = variables['params']['classifier']['kernel'].shape[-1]
   return Source(f'finetune-{name}', f'{path} step {step} (fine-tuned)',
                 TSN(model_config.depth, model_config.width_multiplier, num_classes, dropout=0.0),

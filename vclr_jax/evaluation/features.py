@@ -2,8 +2,8 @@
 
 A video's feature is the online encoder's pooled backbone output averaged over its N
 uniformly sampled, centre-cropped frames (REFERENCE.md; N = 30), or, for a 3D backbone, over
-its N uniformly sampled clips of the pretraining run's clip length and stride. Batches become global
-arrays sharded over the ``data`` mesh (every device of every host), the encoder runs per
+its N uniformly sampled clips of the pretraining run's clip length and stride. Batches become
+global arrays sharded over the ``data`` mesh (every device of every host), the encoder runs per
 device under shard_map, and the outputs of all hosts are gathered, so every host ends with
 the whole split's features in video order. Padding examples (mask False) are dropped.
 

@@ -97,7 +97,7 @@ def _initial_state(config, workdir, model, optimizer, mesh, clip_length: int):
   by the pretraining run's when config.init says so."""
   size = config.data.image_size
   variables = model.init(jax.random.key(config.seed), jnp.zeros(
-      (1, 1) + batch_layout.clip_axis(clip_length) + (size, size, 3)), train=False)
+      (1,) + batch_layout.frames_shape(1, (size, size), clip_length)), train=False)
   params, batch_stats = flax.core.unfreeze(variables['params']), dict(variables['batch_stats'])
   source, step = f'random init (seed {config.seed})', None
   if config.init == 'pretrained':
@@ -231,7 +231,8 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
   host_iterator = tsn_reader.make_tsn_train_iterator(
       source_dir, data.train_split, batch_size=config.batch_size // jax.process_count(),
       frame_size=tuple(data.frame_size), num_segments=data.num_segments, seed=config.seed,
-      clip_length=clip_length, clip_stride=clip_stride, start_step=start_step, options=record_stream.ReaderOptions.from_config(data))
+      clip_length=clip_length, clip_stride=clip_stride, start_step=start_step,
+      options=record_stream.ReaderOptions.from_config(data))
   batches = global_batches.prefetch_to_mesh(host_iterator, mesh, data.prefetch)
   clips = f', clips of {clip_length} frames at stride {clip_stride}' if clip_length > 1 else ''
   log(f'TSN fine-tuning {source} on {config.dataset}: steps {start_step}..{total_steps} '

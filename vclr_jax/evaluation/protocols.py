@@ -57,7 +57,7 @@ def load_encoder(config: ml_collections.ConfigDict, workdir: str) -> Encoder:
   if config.random_init:
     size = run_config.data.image_size
     variables = model.init(jax.random.key(config.seed), jnp.zeros(
-        (1, 3) + batch_layout.clip_axis(clip_length) + (size, size, 3)), train=False)
+        (1,) + batch_layout.frames_shape(3, (size, size), clip_length)), train=False)
     return Encoder(model, dict(variables), None, f'random init (seed {config.seed})',
                    f'random_seed{config.seed}', clip_length, clip_stride)
   if config.finetuned_backbone:
