@@ -35,6 +35,7 @@ def rng():
 def test_inter_frame_loss_matches_reference(rng):
   b, k = 5, 37
   q, k1, k2, k3 = (unit_rows(rng, b) for _ in range(4))
+  k1[:3] = q[:3]  # some rows found, so the per-row accuracies differ
   queue = rng.uniform(-0.3, 0.3, size=(k, 16))
   rows, correct = [], []
   for key in (k1, k2, k3):
@@ -45,6 +46,8 @@ def test_inter_frame_loss_matches_reference(rng):
   loss, metrics = losses.inter_frame_loss(q, k1, k2, k3, queue, T)
   np.testing.assert_allclose(loss, np.mean(rows), rtol=1e-12)
   np.testing.assert_allclose(metrics['inter_acc'], np.mean(correct))
+  np.testing.assert_allclose(metrics['inter_acc_same_frame'], np.mean(correct[:b]))
+  np.testing.assert_allclose(metrics['inter_acc_other_segments'], np.mean(correct[b:]))
 
 
 def test_intra_frame_loss_matches_reference(rng):

@@ -8,7 +8,7 @@ from PIL import Image
 from vclr_jax import plots
 
 PRETRAINING_TAGS = ['loss', 'loss_inter', 'loss_order', 'inter_acc', 'learning_rate',
-                    'steps_per_sec']
+                    'steps_per_sec', 'inter_acc_other_segments']
 
 
 def _write(workdir, steps, offset):
@@ -38,9 +38,9 @@ def test_curves_have_one_panel_per_term_and_overlay_runs(tmp_path):
   assert path == str(tmp_path / 'a' / 'curves.png')
   tags = plots.plot_runs({'seed 0': str(tmp_path / 'a'), 'seed 1': str(tmp_path / 'b')},
                          str(tmp_path / 'both.png'))
-  assert tags == ['loss', 'loss_inter', 'loss_order', 'inter_acc', 'learning_rate',
-                  'steps_per_sec']
+  assert tags == ['loss', 'loss_inter', 'loss_order', 'inter_acc', 'inter_acc_other_segments',
+                  'learning_rate', 'steps_per_sec']
   for png in (path, tmp_path / 'both.png'):
     with Image.open(png) as image:
-      # Six panels: two rows of plots.PANEL_COLUMNS at 4 x 2.8 inches, 80 dpi.
+      # Seven panels: two rows of plots.PANEL_COLUMNS at 4 x 2.8 inches, 80 dpi.
       assert image.size == (plots.PANEL_COLUMNS * 4 * 80, 2 * 2.8 * 80)

@@ -35,14 +35,17 @@ def inter_frame_loss(q, k1, k2, k3, queue, temperature):
     temperature: logits are dot products divided by this.
   Returns:
     mean cross-entropy over the 3B rows [q.k_i, q.queue] / T with target 0, and
-    {'inter_acc': fraction of rows with the positive first}.
+    {'inter_acc': fraction of rows with the positive first, 'inter_acc_same_frame': the same
+    over the k1 rows (the anchor found again), 'inter_acc_other_segments': over the k2 and k3
+    rows (another segment's frame found as the anchor's video)}.
   """
   negatives = q @ queue.T / temperature
   neg_lse = jax.nn.logsumexp(negatives, axis=-1)
   neg_max = negatives.max(axis=-1)
   positives = jnp.stack([jnp.sum(q * k, axis=-1) for k in (k1, k2, k3)]) / temperature
   losses, correct = _info_nce_rows(positives, neg_lse[None], neg_max[None])
-  return losses.mean(), {'inter_acc': correct.mean()}
+  return losses.mean(), {'inter_acc': correct.mean(), 'inter_acc_same_frame': correct[0].mean(),
+                         'inter_acc_other_segments': correct[1:].mean()}
 
 
 def intra_frame_loss(q, k1, k2, k3, temperature):

@@ -66,7 +66,7 @@ def panel_order(tag: str) -> tuple[int, str]:
     rank = 0
   elif tag.startswith('loss'):
     rank = 1
-  elif tag.endswith('acc') or tag.startswith('acc'):
+  elif tag.endswith('acc') or tag.startswith('acc') or '_acc_' in tag:
     rank = 2
   elif tag == 'learning_rate':
     rank = 3
