@@ -26,6 +26,16 @@ What a video keeps, what changes, and why (what makes real videos work for VCLR)
   frame rate, the length (some videos last under a second) and the resolution.
 Everything follows from the seed.
 
+Two other variants (``--variant``) serve as controls for the contrastive terms
+(docs/evidence.md, points 8 to 10), not for the demo:
+- ``staged``: the background is the video's *wallpaper*, one small shape repeated over the
+  frame (its shape, period, slant and two colours drawn per video), and the phases play only
+  on a *stage*, a rectangle of 35-50% of the frame; outside it the frames keep the still
+  wallpaper and scenery, as a real scene stays while the action changes. Frames of different
+  segments then share most of their pixels.
+- ``stills``: every frame is the actions video's middle frame, so the frames of different
+  segments are one image (time's direction and the class's second phase are gone).
+
 Written in the ``list`` source layout (``classes.txt``, ``train.txt``, ``test.txt``,
 ``<class>/<video>.mp4``), and prepared like any real dataset::
 
@@ -51,12 +61,29 @@ MAX_CLASSES = len(PHASES) * (len(PHASES) - 1) // 2
 RESOLUTIONS = ((128, 96), (160, 120), (112, 112), (144, 108), (96, 128))
 FRAME_RATES = (12, 15, 24)
 DURATION_RANGE_S = (0.6, 2.5)
-# The background: a grid of colours drawn from the video's palette, smoothly interpolated over
-# the frame; fine enough that a crop of a fifth of the frame shows most of the palette. The
-# palette's lumas stay this close to the video's mid luma.
+# What the videos show: 'actions' (the dataset of the demo and the evidence), 'staged' (a
+# wallpaper identity, the phases on a stage) and 'stills' (every frame the middle frame of
+# the actions video): docs/evidence.md, points 8 to 10, says what each is for.
+VARIANTS = ('actions', 'staged', 'stills')
+# The actions' background: a grid of colours drawn from the video's palette, smoothly
+# interpolated over the frame; fine enough that a crop of a fifth of the frame shows most of
+# the palette. The palette's lumas stay this close to the video's mid luma.
 BACKGROUND_GRID = (6, 8)
 BACKGROUND_PALETTE = 3
 BACKGROUND_LUMA_SPREAD = 15.0
+# The staged videos' background: a wallpaper, one small shape repeated on a slanted lattice
+# over the whole frame in two colours of the video's own, so any crop shows it many times;
+# its shape, period, fill and slant are drawn per video, an identity that a colour change, a
+# grey crop or a rescaled crop keeps. The two colours' lumas lie this far on either side of
+# the video's mid luma.
+WALLPAPER_SHAPES = ('disc', 'square', 'diamond', 'ring', 'plus', 'cross', 'triangle', 'bar')
+WALLPAPER_PERIOD = (0.08, 0.15)  # of the short side
+WALLPAPER_FILL = (0.5, 0.85)  # the shape's size, of the period
+WALLPAPER_LUMA_SPREAD = 25.0
+# The staged videos' phases play on a *stage*, a rectangle of this share of the frame at a
+# place of the video's own; the rest of the frame keeps the still scenery, as a real video's
+# scene stays while its action changes.
+STAGE_AREA = (0.35, 0.5)
 # The phases' colour and the scenery's differ from every background luma at least this much.
 MIN_LUMA_CONTRAST = 60.0
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -165,22 +192,75 @@ def _colour_of_luma(rng: np.random.Generator, luma: float) -> np.ndarray:
   return (luma + rng.uniform(0, 1) * room.min() * chroma).astype(np.float32)
 
 
-def _video_colours(rng: np.random.Generator, height: int, width: int
+def _video_colours(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, wallpaper: bool
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """The video's colours: a background (H, W, 3), a smooth field of the video's palette (a few
-  colours of about the same mid luma); the phases' colour; and the colour of the scenery and the
-  grains. The last two lie at opposite ends of the luma range, each at least MIN_LUMA_CONTRAST
-  away from the background, so the three layers stay apart in grayscale too (MoCo v2's
-  augmentation turns 20% of the crops grey)."""
+  """The video's colours: a background (H, W, 3); the phases' colour; and the colour of the
+  scenery and the grains. The background is a smooth field of the video's palette (a few
+  colours of about the same mid luma) or, with ``wallpaper``, the video's wallpaper in two
+  colours WALLPAPER_LUMA_SPREAD on either side of the mid luma. The phases' and the scenery's
+  colours lie at opposite ends of the luma range, each at least MIN_LUMA_CONTRAST away from
+  every background colour, so the layers stay apart in grayscale too (MoCo v2's augmentation
+  turns 20% of the crops grey)."""
   mid = rng.uniform(100, 155)
-  palette = np.stack([_colour_of_luma(rng, mid + rng.uniform(-BACKGROUND_LUMA_SPREAD,
-                                                             BACKGROUND_LUMA_SPREAD))
-                      for _ in range(BACKGROUND_PALETTE)])
-  coarse = palette[rng.integers(0, BACKGROUND_PALETTE, BACKGROUND_GRID)]
-  background = _upsample(coarse, height, width)
-  bright = _colour_of_luma(rng, rng.uniform(mid + BACKGROUND_LUMA_SPREAD + MIN_LUMA_CONTRAST, 255))
-  dark = _colour_of_luma(rng, rng.uniform(0, mid - BACKGROUND_LUMA_SPREAD - MIN_LUMA_CONTRAST))
+  if wallpaper:
+    spread = WALLPAPER_LUMA_SPREAD
+    ground, figure = (_colour_of_luma(rng, mid + spread * sign)
+                      for sign in rng.permutation([-1.0, 1.0]))
+    background = np.where(_make_wallpaper(rng, yy, xx)[..., None], figure, ground
+                          ).astype(np.float32)
+  else:
+    spread = BACKGROUND_LUMA_SPREAD
+    palette = np.stack([_colour_of_luma(rng, mid + rng.uniform(-spread, spread))
+                        for _ in range(BACKGROUND_PALETTE)])
+    coarse = palette[rng.integers(0, BACKGROUND_PALETTE, BACKGROUND_GRID)]
+    background = _upsample(coarse, *yy.shape)
+  bright = _colour_of_luma(rng, rng.uniform(mid + spread + MIN_LUMA_CONTRAST, 255))
+  dark = _colour_of_luma(rng, rng.uniform(0, mid - spread - MIN_LUMA_CONTRAST))
   return (background, bright, dark) if rng.integers(2) else (background, dark, bright)
+
+
+def _make_wallpaper(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+  """Mask (H, W) of one of WALLPAPER_SHAPES repeated on a slanted lattice (every other row
+  shifted by half a period, or not), its shape, period, fill and slant drawn for the video."""
+  shape = WALLPAPER_SHAPES[rng.integers(len(WALLPAPER_SHAPES))]
+  period = rng.uniform(*WALLPAPER_PERIOD) * min(yy.shape)
+  half = rng.uniform(*WALLPAPER_FILL) * period / 2
+  slant = rng.uniform(0, np.pi / 2)
+  shift = rng.integers(2) / 2
+  along = np.cos(slant) * xx + np.sin(slant) * yy
+  across = -np.sin(slant) * xx + np.cos(slant) * yy
+  # Coordinates in the lattice cell, centred on its shape.
+  u = (along / period + shift * np.floor(across / period)) % 1.0 * period - period / 2
+  v = (across / period) % 1.0 * period - period / 2
+  thin = half / 3
+  if shape == 'disc':
+    return u ** 2 + v ** 2 <= half ** 2
+  if shape == 'square':
+    return np.maximum(np.abs(u), np.abs(v)) <= half * 0.85
+  if shape == 'diamond':
+    return np.abs(u) + np.abs(v) <= half * 1.2
+  if shape == 'ring':
+    return ((half - thin) ** 2 <= u ** 2 + v ** 2) & (u ** 2 + v ** 2 <= half ** 2)
+  if shape == 'triangle':
+    return (np.abs(v) <= half) & (np.abs(u) <= (v + half) / 2)
+  if shape == 'cross':  # a plus turned by 45 degrees
+    u, v = (u + v) / np.sqrt(2), (u - v) / np.sqrt(2)
+  arm_u = (np.abs(v) <= thin / 2) & (np.abs(u) <= half)
+  if shape == 'bar':
+    return arm_u
+  return arm_u | ((np.abs(u) <= thin / 2) & (np.abs(v) <= half))  # plus, cross
+
+
+def _make_stage(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+  """Mask (H, W) of the rectangle the staged videos' phases play on: STAGE_AREA of the frame,
+  its aspect ratio within a factor 1.3 of the frame's, at a random place."""
+  height, width = yy.shape
+  area = rng.uniform(*STAGE_AREA) * height * width
+  aspect = width / height * np.exp(rng.uniform(-np.log(1.3), np.log(1.3)))
+  stage_width = min(width, np.sqrt(area * aspect))
+  stage_height = min(height, area / stage_width)
+  left, top = rng.uniform(0, width - stage_width), rng.uniform(0, height - stage_height)
+  return (xx >= left) & (xx < left + stage_width) & (yy >= top) & (yy < top + stage_height)
 
 
 def _upsample(coarse: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -233,11 +313,15 @@ def _make_grains(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np
   return joins
 
 
-def render_video(phases: tuple[str, str], rng: np.random.Generator
+def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str = 'actions'
                  ) -> tuple[np.ndarray, int, np.ndarray]:
   """One video playing the two ``phases`` one after the other, in random order: its frames
   (T, H, W, 3) uint8, its frame rate, and which phase plays in each frame ((T,) indices into
-  ``phases``)."""
+  ``phases``). ``variant`` is one of VARIANTS: the actions video of this ``rng``, a staged one
+  (a wallpaper background, the phases on a stage), or the actions video's middle frame at
+  every time step."""
+  if variant not in VARIANTS:
+    raise ValueError(f'Unknown synthetic video variant {variant!r}; variants are {VARIANTS}.')
   width, height = RESOLUTIONS[rng.integers(len(RESOLUTIONS))]
   fps = int(FRAME_RATES[rng.integers(len(FRAME_RATES))])
   num_frames = max(6, int(round(rng.uniform(*DURATION_RANGE_S) * fps)))
@@ -246,8 +330,13 @@ def render_video(phases: tuple[str, str], rng: np.random.Generator
   # Each phase gets between 35% and 65% of the video.
   bounds = np.array([0.0, rng.uniform(0.35, 0.65), 1.0])
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-  background, colour, marks_colour = _video_colours(rng, height, width)
-  scene = _make_scene(rng, yy, xx)
+  staged = variant == 'staged'
+  background, colour, marks_colour = _video_colours(rng, yy, xx, wallpaper=staged)
+  if staged:
+    stage = _make_stage(rng, yy, xx)
+    scene = _make_scene(rng, yy, xx) & ~stage
+  else:
+    scene = _make_scene(rng, yy, xx)
   grains_join = _make_grains(rng, yy, xx)
   frames = np.empty((num_frames, height, width, 3), np.uint8)
   playing = np.empty(num_frames, np.int32)
@@ -258,10 +347,18 @@ def render_video(phases: tuple[str, str], rng: np.random.Generator
     wobble = rng.normal(0, COLOUR_WOBBLE, (3, 3))
     canvas = background + wobble[0]
     canvas[scene] = marks_colour + wobble[1]
-    drawers[phase](canvas, progress, yy, xx, colour + wobble[2])
+    if staged:
+      played = canvas.copy()
+      drawers[phase](played, progress, yy, xx, colour + wobble[2])
+      canvas[stage] = played[stage]
+    else:
+      drawers[phase](canvas, progress, yy, xx, colour + wobble[2])
     canvas[grains_join <= position] = marks_colour + wobble[1]
     frames[index] = np.clip(canvas, 0, 255).astype(np.uint8)
     playing[index] = order[phase]
+  if variant == 'stills':
+    middle = num_frames // 2
+    frames[:], playing[:] = frames[middle], playing[middle]
   return frames, fps, playing
 
 
@@ -279,8 +376,11 @@ def write_mp4(path: str, frames: np.ndarray, fps: int) -> None:
 
 
 def generate(out_dir: str, *, seed: int = 0, num_classes: int = 12, videos_per_class: int = 32,
-             test_fraction: float = 0.25, show_progress: bool = True) -> str:
-  """Writes the dataset under ``out_dir`` (list layout) and returns ``out_dir``."""
+             test_fraction: float = 0.25, variant: str = 'actions', show_progress: bool = True
+             ) -> str:
+  """Writes the dataset under ``out_dir`` (list layout) and returns ``out_dir``. Every variant
+  draws its videos from the same generators (one per video), so a staged or still video has
+  the phases, timing and size of the actions video of the same name."""
   if 'libx264' not in av.codecs_available:
     raise RuntimeError('This PyAV build has no libx264 encoder; install the PyPI wheel of av, '
                        'which bundles it.')
@@ -295,7 +395,7 @@ def generate(out_dir: str, *, seed: int = 0, num_classes: int = 12, videos_per_c
   for label, video in tqdm.tqdm(jobs, desc='synthetic videos', unit='video',
                                 disable=not show_progress):
     rng = np.random.default_rng([seed, label, video])
-    frames, fps, _ = render_video(tuple(names[label].split('-')), rng)
+    frames, fps, _ = render_video(tuple(names[label].split('-')), rng, variant)
     relative = f'{names[label]}/{names[label]}_{video:03d}.mp4'
     os.makedirs(os.path.join(out_dir, names[label]), exist_ok=True)
     write_mp4(os.path.join(out_dir, relative), frames, fps)
@@ -312,7 +412,7 @@ def generate(out_dir: str, *, seed: int = 0, num_classes: int = 12, videos_per_c
 def prepare_synthetic(out_dir: str, *, seed: int = 0, num_classes: int = 12,
                       videos_per_class: int = 32, videos_per_shard: int = 16,
                       short_side: int | None = None, fps: float | None = None,
-                      show_progress: bool = False) -> str:
+                      variant: str = 'actions', show_progress: bool = False) -> str:
   """Generates the dataset into ``out_dir/videos`` and prepares it (train and test) into
   ``out_dir/records`` through the normal preparation path; returns the records folder.
 
@@ -326,7 +426,7 @@ def prepare_synthetic(out_dir: str, *, seed: int = 0, num_classes: int = 12,
   videos_dir = os.path.join(out_dir, 'videos')
   if not os.path.exists(os.path.join(videos_dir, 'test.txt')):
     generate(videos_dir, seed=seed, num_classes=num_classes, videos_per_class=videos_per_class,
-             show_progress=show_progress)
+             variant=variant, show_progress=show_progress)
   records_dir = os.path.join(out_dir, 'records')
   options = prepare.EncodingOptions(
       fps=fps, geometry=video_decoding.FrameGeometry(short_side=short_side), jpeg_quality=90,
@@ -350,9 +450,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--num_classes', type=int, default=12, help=f'2 to {MAX_CLASSES}')
   parser.add_argument('--videos_per_class', type=int, default=32)
   parser.add_argument('--test_fraction', type=float, default=0.25)
+  parser.add_argument('--variant', choices=VARIANTS, default='actions',
+                      help="'actions': the demo's videos; 'staged': a wallpaper identity and the "
+                      "phases on a stage; 'stills': each actions video's middle frame held "
+                      '(docs/evidence.md, points 8 to 10)')
   args = parser.parse_args(argv)
   generate(args.out, seed=args.seed, num_classes=args.num_classes,
-           videos_per_class=args.videos_per_class, test_fraction=args.test_fraction)
+           videos_per_class=args.videos_per_class, test_fraction=args.test_fraction,
+           variant=args.variant)
   print(f'Wrote {args.num_classes} classes x {args.videos_per_class} videos to {args.out}. '
         f'Prepare them with: python -m input_pipeline.prepare --source=list --root={args.out} '
         '--splits=train,test --out=RECORDS_DIR')

@@ -142,3 +142,68 @@ def test_colours_of_a_luma_are_drawn_as_before_and_never_hang(monkeypatch):
     assert colour.min() >= 0 and colour.max() <= 255
     assert abs(float(colour @ synthetic._LUMA) - luma) < 1e-3
   np.testing.assert_array_equal(synthetic._colour_of_luma(rng, 255.0), [255, 255, 255])
+
+
+def _luma(frame):
+  return frame.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def test_variants_share_the_actions_videos_draws():
+  for video in range(4):
+    def render(variant, video=video):
+      return synthetic.render_video(('ball', 'checker'), np.random.default_rng([2, video]), variant)
+    actions, fps, playing = render('actions')
+    staged, staged_fps, staged_playing = render('staged')
+    assert staged.shape == actions.shape and staged_fps == fps
+    np.testing.assert_array_equal(staged_playing, playing)
+    stills, stills_fps, stills_playing = render('stills')
+    middle = len(actions) // 2
+    assert stills_fps == fps and stills.shape == actions.shape
+    np.testing.assert_array_equal(stills, np.broadcast_to(actions[middle], actions.shape))
+    np.testing.assert_array_equal(stills_playing, np.full_like(playing, playing[middle]))
+  with pytest.raises(ValueError, match='variants are'):
+    synthetic.render_video(('ball', 'checker'), np.random.default_rng(0), 'moving')
+
+
+def test_staged_frames_of_the_first_and_last_segment_share_most_pixels():
+  # The phases change only on the stage (at most half the frame), so between a video's first
+  # and last frames fewer pixels change than in the actions video, where the pattern covers
+  # the frame; the grains (GRAIN_COVERAGE of the frame by the end) change in both.
+  changed = {'actions': [], 'staged': []}
+  for video in range(6):
+    for phases in (('ball', 'rain'), ('stripes', 'checker'), ('bars', 'rings')):
+      for variant, shares in changed.items():
+        frames, _, _ = synthetic.render_video(phases, np.random.default_rng([5, video]), variant)
+        shares.append(np.mean(np.abs(_luma(frames[0]) - _luma(frames[-1])) > 30))
+  assert max(changed['staged']) < 0.5, changed['staged']
+  assert np.mean(changed['staged']) < np.mean(changed['actions']) - 0.1, changed
+
+
+def test_the_stage_is_a_rectangle_of_its_share_of_the_frame():
+  yy, xx = np.mgrid[0:96, 0:128].astype(np.float32)
+  places = set()
+  for seed in range(40):
+    stage = synthetic._make_stage(np.random.default_rng(seed), yy, xx)
+    rows, columns = np.flatnonzero(stage.any(axis=1)), np.flatnonzero(stage.any(axis=0))
+    assert stage[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1].all()  # filled box
+    assert stage.sum() == len(rows) * len(columns)
+    low, high = synthetic.STAGE_AREA
+    assert low - 0.03 < stage.mean() < high + 0.03
+    places.add((rows[0], columns[0]))
+  assert len(places) > 30
+
+
+def test_every_crop_of_a_fifth_of_the_frame_shows_the_wallpaper():
+  yy, xx = np.mgrid[0:96, 0:128].astype(np.float32)
+  masks = []
+  for seed in range(24):
+    rng = np.random.default_rng(seed)
+    mask = synthetic._make_wallpaper(rng, yy, xx)
+    masks.append(mask)
+    for _ in range(20):  # crops of 20% of the area, as MoCo v2's smallest
+      height, width = 43, 57
+      top, left = rng.integers(0, 96 - height + 1), rng.integers(0, 128 - width + 1)
+      share = mask[top:top + height, left:left + width].mean()
+      assert 0.03 < share < 0.8, (seed, share)
+  # Videos differ in their wallpaper: no two masks are the same.
+  assert len({mask.tobytes() for mask in masks}) == len(masks)
