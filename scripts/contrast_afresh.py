@@ -93,6 +93,16 @@ def expected_accuracy(beaten_by: np.ndarray, candidates: np.ndarray, draws: int)
                         for c, m in zip(beaten_by, candidates)]))
 
 
+def arrange_inter_keys(x1_keys, tuple_keys, anchors):
+  """(b, 3, D): each example's inter positives k1, k2, k3, from x1's keys (b, D) and the query
+  tuple's keys (3b, D, example-major: rows 3i, 3i + 1, 3i + 2 are example i's segments)."""
+  b = x1_keys.shape[0]
+  by_segment = tuple_keys.reshape(b, 3, -1)
+  rows = jnp.arange(b)
+  other_a, other_b = train_step.other_segments(anchors)
+  return jnp.stack([x1_keys, by_segment[rows, other_a], by_segment[rows, other_b]], 1)
+
+
 def same_phase_as_anchor(examples, generator_seed: int) -> np.ndarray:
   """(n, 2) bool: whether x2 and x3 play the anchor frame's phase, from the generator rerun."""
   from input_pipeline import synthetic
@@ -163,10 +173,8 @@ def main(argv=None) -> None:
     # x1 and the query tuple through the EMA encoder in one BN batch, as the fused key pass.
     ema = inter_embeddings(state['ema_params'], state['ema_batch_stats'],
                            jnp.concatenate([crops[:, 6], crops[:, :3].reshape(
-                               (3 * b,) + crops.shape[2:])])).reshape(4, b, -1)
-    tuple_keys = ema[1:].transpose(1, 0, 2)  # (b, segment, D)
-    other_a, other_b = train_step.other_segments(anchors)
-    inter_keys = jnp.stack([ema[0], tuple_keys[rows, other_a], tuple_keys[rows, other_b]], 1)
+                               (3 * b,) + crops.shape[2:])]))
+    inter_keys = arrange_inter_keys(ema[:b], ema[b:], anchors)
     return (video_embedding(state['params'], state['batch_stats'], crops[:, :3]),
             video_embedding(state['ema_params'], state['ema_batch_stats'], crops[:, 3:6]),
             video_embedding(negatives_state['ema_params'], negatives_state['ema_batch_stats'],

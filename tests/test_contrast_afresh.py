@@ -25,3 +25,16 @@ def test_expected_accuracy_equals_counting_every_draw_of_negatives(candidates, d
     expected.append(np.mean([all(i >= beaters for i in chosen) for chosen in sets]))
   got = contrast_afresh.expected_accuracy(beaten_by, np.full_like(beaten_by, candidates), draws)
   assert got == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+def test_inter_keys_are_each_examples_own_frames():
+  # Keys that say whose they are: x1's key of example i is (i, -1), the query tuple's key of
+  # example i, segment s is (i, s); the positives are x1 and the two segments other than the
+  # anchor's, in temporal order.
+  b = 5
+  anchors = np.array([0, 2, 2, 0, 2])
+  x1_keys = np.stack([np.arange(b), np.full(b, -1)], 1).astype(np.float32)
+  tuple_keys = np.array([[i, s] for i in range(b) for s in range(3)], np.float32)
+  got = np.asarray(contrast_afresh.arrange_inter_keys(x1_keys, tuple_keys, anchors))
+  expected = [[[i, -1]] + [[i, s] for s in range(3) if s != anchors[i]] for i in range(b)]
+  np.testing.assert_array_equal(got, np.array(expected, np.float32))
