@@ -23,6 +23,7 @@ import argparse
 import io
 import os
 import struct
+import sys
 import threading
 import zlib
 from typing import Sequence
@@ -179,6 +180,13 @@ class HostFrames:
   """
 
   def __init__(self, shard_paths: Sequence[str]):
+    # One open file per shard, shared by every reading thread. Not one per thread: reads come
+    # through tf.py_function from TensorFlow's threads, whose Python thread state (and any
+    # thread-local data) is made anew for every call, so per-thread files leaked one
+    # descriptor per example until the process ran out.
+    self._files: dict[int, object] = {}
+    self._seek_locks: dict[int, threading.Lock] = {}
+    self._open_lock = threading.Lock()
     offsets, lengths, crcs, counts, shard_of_video = [], [], [], [], []
     for shard_number, path in enumerate(shard_paths):
       index = read_index_file(path)
@@ -195,17 +203,36 @@ class HostFrames:
     self.first_frame = np.concatenate([[0], np.cumsum(self.frames_per_video)[:-1]]).astype(np.int64)
     self.shard_of_video = np.concatenate(shard_of_video)
     self.videos_per_shard = np.asarray([len(c) for c in counts], np.int64)
-    self._local = threading.local()  # one open file per (thread, shard)
 
   def _file(self, shard: int):
-    files = self._local.__dict__.setdefault('files', {})
-    if shard not in files:
-      import tensorflow as tf
-      path = self.paths[shard]
-      # Local files: os.pread, thread-safe and without the GIL; others (gs://...) via gfile.
-      files[shard] = (os.open(path, os.O_RDONLY) if '://' not in path
-                      else tf.io.gfile.GFile(path, 'rb'))
-    return files[shard]
+    """The shard's open file: a descriptor read with os.pread for local files (no shared
+    offset, no GIL held), a gfile handle for other filesystems (gs://...), read under its
+    shard's lock since it reads by seek and read."""
+    with self._open_lock:
+      if shard not in self._files:
+        path = self.paths[shard]
+        if '://' in path:
+          import tensorflow as tf
+          self._seek_locks[shard] = threading.Lock()
+          self._files[shard] = tf.io.gfile.GFile(path, 'rb')
+        else:
+          self._files[shard] = os.open(path, os.O_RDONLY)
+      return self._files[shard]
+
+  def close(self) -> None:
+    """Closes the shards' files (reads after this open them again)."""
+    with self._open_lock:
+      for handle in self._files.values():
+        if isinstance(handle, int):
+          os.close(handle)
+        else:
+          handle.close()
+      self._files.clear()
+
+  def __del__(self, _finalizing=sys.is_finalizing):
+    # At exit the process closes the files, and module globals (os) may be gone already.
+    if not _finalizing():
+      self.close()
 
   def read(self, video: int, frames: np.ndarray) -> tuple[list[bytes], int]:
     """(JPEG bytes of ``frames`` (indices within the video) of host video ``video``, status).
@@ -217,13 +244,16 @@ class HostFrames:
     rows = self.first_frame[video] + frames
     out = []
     try:
-      handle = self._file(int(self.shard_of_video[video]))
-      for offset, length in zip(self.offsets[rows], self.lengths[rows]):
-        if isinstance(handle, int):
+      shard = int(self.shard_of_video[video])
+      handle = self._file(shard)
+      if isinstance(handle, int):
+        for offset, length in zip(self.offsets[rows], self.lengths[rows]):
           out.append(os.pread(handle, int(length), int(offset)))
-        else:
-          handle.seek(int(offset))
-          out.append(handle.read(int(length)))
+      else:
+        with self._seek_locks[shard]:
+          for offset, length in zip(self.offsets[rows], self.lengths[rows]):
+            handle.seek(int(offset))
+            out.append(handle.read(int(length)))
     except Exception:  # pylint: disable=broad-except
       # OSError locally, tf.errors on other filesystems: the shard is gone or unreadable.
       return [], damage.UNREADABLE

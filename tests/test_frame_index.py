@@ -82,3 +82,35 @@ def test_reader_reads_only_the_six_sampled_frames(records_dir):
   assert 6 * reader.frames.lengths.min() <= per_example <= 6 * reader.frames.lengths.max()
   assert per_example < record_bytes * 6 / reader.frames.frames_per_video.min() + 1
   assert mean_jpeg * reader.frames.frames_per_video.mean() < record_bytes
+
+
+def _open_files_under(folder):
+  """How many of this process's file descriptors are open on files under ``folder``."""
+  count = 0
+  for fd in os.listdir('/proc/self/fd'):
+    try:
+      count += os.readlink(os.path.join('/proc/self/fd', fd)).startswith(folder)
+    except OSError:  # closed meanwhile (the listing's own descriptor)
+      pass
+  return count
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/fd'), reason='counts descriptors in /proc')
+def test_reading_keeps_one_open_file_per_shard(records_dir):
+  # Reads come through tf.py_function on TensorFlow's threads: 60 examples (more than 30
+  # epochs of these 7 training videos) must not open a file per read.
+  train_dir = os.path.realpath(os.path.join(records_dir, 'train'))
+  num_shards = len(records.read_index(records_dir, 'train')['shards'])
+  before = _open_files_under(train_dir)  # earlier tests' readers may still hold theirs
+  stats = []
+  iterator = train_reader.make_train_iterator(
+      records_dir, 'train', batch_size=3, frame_size=(24, 32), seed=0, process_index=0,
+      process_count=1, options=record_stream.ReaderOptions(cycle_length=2, shuffle_buffer=4,
+                                                           num_parallel_calls=2, prefetch=1),
+      reader_stats=stats)
+  for _ in range(20):
+    next(iterator)
+  assert stats[0].examples_read >= 60
+  assert _open_files_under(train_dir) - before <= num_shards
+  stats[0].frames.close()
+  assert _open_files_under(train_dir) <= before
