@@ -228,7 +228,9 @@ the same way.
 
 Training accuracies of the full VCLR runs at the end of pretraining (the mean over the last
 logged window of 15 steps; inter and video pick the positive key among it and the queue's 64
-negatives, intra the same frame against another frame of the video, order one of 4 labels):
+negatives, intra the same frame against another frame of the video, order one of 4 labels;
+inter_same_frame and inter_other_segments are inter's rows whose positive is the anchor frame
+re-augmented, and those whose positive is another segment's frame):
 
 {accuracies}
 
