@@ -63,15 +63,20 @@ def test_reader_without_index_names_the_file_and_the_fix(records_dir, tmp_path):
                                      seed=0, process_index=0, process_count=1)
 
 
-def test_reader_reads_only_the_six_sampled_frames(records_dir):
+def _train_iterator(records_dir, num_parallel_calls):
+  """A small training iterator over the fixture's records, and its SampledFrameReader."""
   stats = []
   iterator = train_reader.make_train_iterator(
       records_dir, 'train', batch_size=3, frame_size=(24, 32), seed=0, process_index=0,
-      process_count=1, options=record_stream.ReaderOptions(cycle_length=2, shuffle_buffer=4,
-                                                           num_parallel_calls=1, prefetch=1),
+      process_count=1, options=record_stream.ReaderOptions(
+          cycle_length=2, shuffle_buffer=4, num_parallel_calls=num_parallel_calls, prefetch=1),
       reader_stats=stats)
+  return iterator, stats[0]
+
+
+def test_reader_reads_only_the_six_sampled_frames(records_dir):
+  iterator, reader = _train_iterator(records_dir, num_parallel_calls=1)
   next(iterator)
-  reader = stats[0]
   assert reader.examples_read >= 3
   per_example = reader.bytes_read / reader.examples_read
   shards = records.read_index(records_dir, 'train')['shards']
@@ -97,20 +102,15 @@ def _open_files_under(folder):
 
 @pytest.mark.skipif(not os.path.isdir('/proc/self/fd'), reason='counts descriptors in /proc')
 def test_reading_keeps_one_open_file_per_shard(records_dir):
-  # Reads come through tf.py_function on TensorFlow's threads: 60 examples (more than 30
-  # epochs of these 7 training videos) must not open a file per read.
+  # Reads come through tf.py_function on TensorFlow's threads: 60 examples (10 epochs of
+  # these 6 training videos) must not open a file per read.
   train_dir = os.path.realpath(os.path.join(records_dir, 'train'))
   num_shards = len(records.read_index(records_dir, 'train')['shards'])
   before = _open_files_under(train_dir)  # earlier tests' readers may still hold theirs
-  stats = []
-  iterator = train_reader.make_train_iterator(
-      records_dir, 'train', batch_size=3, frame_size=(24, 32), seed=0, process_index=0,
-      process_count=1, options=record_stream.ReaderOptions(cycle_length=2, shuffle_buffer=4,
-                                                           num_parallel_calls=2, prefetch=1),
-      reader_stats=stats)
+  iterator, reader = _train_iterator(records_dir, num_parallel_calls=2)
   for _ in range(20):
     next(iterator)
-  assert stats[0].examples_read >= 60
+  assert reader.examples_read >= 60
   assert _open_files_under(train_dir) - before <= num_shards
-  stats[0].frames.close()
+  reader.frames.close()
   assert _open_files_under(train_dir) <= before
