@@ -3,38 +3,44 @@ r"""A small synthetic action dataset of real H.264 videos, for demos, tests and 
   python -m input_pipeline.synthetic --out=data/synthetic [--seed=0 --videos_per_class=32]
 
 Every video plays a script of two *phases*, one after the other, in random order and with a
-random switch point. A phase is a moving pattern that covers much of the frame (bouncing balls,
-falling rain streaks, diagonal stripes, horizontal bars, a sliding checkerboard, spreading
-rings), so a random crop of a fifth of a frame still shows which phase plays. A class is an
+random switch point. A phase is a moving pattern (bouncing balls, falling rain streaks,
+diagonal stripes, horizontal bars, a sliding checkerboard, spreading rings). A class is an
 unordered pair of phases and every phase is shared by several classes: one frame or a short
 clip is ambiguous, only the whole video tells the class (the paper's global-context argument),
 while the mean of per-frame features over the video still separates the classes (a supervised
 TSN learns them).
 
-What a video keeps, what changes, and why (what makes real videos work for VCLR):
-- Identity. A video keeps its colours, each frame moving them a little: a background that
-  blends a palette of three colours of about one luma over the whole frame (any crop shows most
-  of the palette), the phases' colour, and the colour of its *scenery*, two to four static shapes
-  that every frame shows whatever phase plays. Frames of one video, even frames of different
-  phases, look alike, so the frame-level and video-level contrastive terms have something to
-  match.
-- Time's direction. *Grains* (small discs spread over the whole frame) appear one after another
-  and stay: the share of the frame they cover grows steadily from nothing at the start to about
-  a quarter at the end. A random crop of any size, a flip or a colour change keeps that share, so
-  one augmented frame shows roughly where it lies in the video and the order term can learn.
-- Per video, besides: the patterns' sizes, positions, periods and speeds, the switch point, the
-  frame rate, the length (some videos last under a second) and the resolution.
+What a video keeps, what changes, and why (what makes real videos work for VCLR). The default
+variant, ``scenes``, is the demo's and docs/evidence.md's:
+- Identity: a still scene. The background is the video's *wallpaper*, one small shape
+  repeated over the frame on a slanted lattice (its shape, period, slant and two colours drawn
+  per video), with two to four static *scenery* shapes; the phases play only on a *stage*, a
+  rectangle of 20-30% of the frame. As in a real video, the place stays while the action
+  changes, so frames of different segments share most of their pixels and the frame-level and
+  video-level contrastive terms have something to match.
+- The scene hints at the class, as a pool hints at swimming: half the videos of a class stand
+  in its *home*, a wallpaper shape and a ground hue of its own (one of 8 shapes, one of 15
+  hues), the others in any. One frame narrows the class down; the whole video names it.
+- Time's direction: *snow*. Small white discs spread over the whole frame appear one after
+  another and stay: the share of the frame they cover grows steadily from nothing at the start
+  to about a quarter at the end. White is in every video and in no other layer (the bright
+  colours stop short of it), so a random crop of any size or a flip keeps that share, and one
+  augmented frame shows roughly where it lies in the video, whatever the video: the order term
+  can learn.
+- Per video, besides: every colour, moved a little by each frame; the patterns' sizes,
+  positions, periods and speeds, the switch point, the frame rate, the length (some videos last
+  under a second) and the resolution.
 Everything follows from the seed.
 
-Two other variants (``--variant``) serve as controls for the contrastive terms
-(docs/evidence.md, points 8 to 10), not for the demo:
-- ``staged``: the background is the video's *wallpaper*, one small shape repeated over the
-  frame (its shape, period, slant and two colours drawn per video), and the phases play only
-  on a *stage*, a rectangle of 35-50% of the frame; outside it the frames keep the still
-  wallpaper and scenery, as a real scene stays while the action changes. Frames of different
-  segments then share most of their pixels.
-- ``stills``: every frame is the actions video's middle frame, so the frames of different
-  segments are one image (time's direction and the class's second phase are gone).
+Other variants (``--variant``) draw the same phases, timing and size for a video of the same
+name:
+- ``actions``: the earlier demo's videos (the 3D demo's): the phases cover the frame over a
+  smooth background that blends three colours of one luma, and the grains take the scenery's
+  colour. Only the colours hold a video together, so the contrastive terms need many more steps.
+- ``staged``: a control (docs/evidence.md, points 8 to 10), ``scenes`` before its homes and
+  snow: the stage covers 35-50% of the frame and the grains take the scenery's colour.
+- ``stills``: a control: every frame is the actions video's middle frame, so the frames of
+  different segments are one image (time's direction and the class's second phase are gone).
 
 Written in the ``list`` source layout (``classes.txt``, ``train.txt``, ``test.txt``,
 ``<class>/<video>.mp4``), and prepared like any real dataset::
@@ -64,7 +70,7 @@ DURATION_RANGE_S = (0.6, 2.5)
 # What the videos show: 'actions' (the dataset of the demo and the evidence), 'staged' (a
 # wallpaper identity, the phases on a stage) and 'stills' (every frame the middle frame of
 # the actions video): docs/evidence.md, points 8 to 10, says what each is for.
-VARIANTS = ('actions', 'staged', 'stills')
+VARIANTS = ('actions', 'staged', 'stills', 'scenes')
 # The actions' background: a grid of colours drawn from the video's palette, smoothly
 # interpolated over the frame; fine enough that a crop of a fifth of the frame shows most of
 # the palette. The palette's lumas stay this close to the video's mid luma.
@@ -84,6 +90,13 @@ WALLPAPER_LUMA_SPREAD = 25.0
 # place of the video's own; the rest of the frame keeps the still scenery, as a real video's
 # scene stays while its action changes.
 STAGE_AREA = (0.35, 0.5)
+SCENES_STAGE_AREA = (0.2, 0.3)
+# In the scenes variant a video's wallpaper is its class's *home* this often, else any: the home
+# is a shape and a ground hue (MAX_CLASSES hues around the colour circle), so a frame's scenery
+# hints at the class, as a pool hints at swimming. An at-home ground's hue is within HUE_JITTER
+# (rad) of the home's; the wallpaper's other colour is any.
+HOME_SHARE = 0.5
+HUE_JITTER = 0.2
 # The phases' colour and the scenery's differ from every background luma at least this much.
 MIN_LUMA_CONTRAST = 60.0
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -94,6 +107,7 @@ COLOUR_WOBBLE = 6.0
 # The grains: their radius as a share of the frame's short side, and about the share of the
 # frame they cover once all have appeared (overlaps make it a little less).
 GRAIN_RADIUS = 0.035
+SNOW_LUMA = 255.0  # the scenes variant's grains: white
 GRAIN_COVERAGE = 0.3
 
 Canvas = np.ndarray  # (H, W, 3) float32 in [0, 255], drawn on in place.
@@ -192,7 +206,28 @@ def _colour_of_luma(rng: np.random.Generator, luma: float) -> np.ndarray:
   return (luma + rng.uniform(0, 1) * room.min() * chroma).astype(np.float32)
 
 
-def _video_colours(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, wallpaper: bool
+def _colour_of_luma_and_hue(rng: np.random.Generator, luma: float, hue: float) -> np.ndarray:
+  """A colour (3,) of the given luma and hue (the angle of its (Cb, Cr) chroma, BT.601), its
+  saturation drawn between half and all of what fits in [0, 255]."""
+  direction = np.array([np.cos(hue), np.sin(hue)])
+  chroma_to_rgb = np.array([[0.0, 1.402], [-0.344136, -0.714136], [1.772, 0.0]])
+  step = chroma_to_rgb @ direction  # of zero luma
+  with np.errstate(divide='ignore'):
+    room = np.where(step > 0, (255 - luma) / step, np.where(step < 0, -luma / step, np.inf))
+  return (luma + rng.uniform(0.5, 1.0) * room.min() * step).astype(np.float32)
+
+
+def _scene_style(rng: np.random.Generator, home: int) -> tuple[int, float]:
+  """(wallpaper shape, hue) of a scenes video of class ``home`` (its index among all
+  MAX_CLASSES pairs): the class's home with probability HOME_SHARE, else any."""
+  if rng.uniform() < HOME_SHARE:
+    return (home % len(WALLPAPER_SHAPES),
+            2 * np.pi * home / MAX_CLASSES + rng.uniform(-HUE_JITTER, HUE_JITTER))
+  return int(rng.integers(len(WALLPAPER_SHAPES))), rng.uniform(0, 2 * np.pi)
+
+
+def _video_colours(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, wallpaper: bool,
+                   home: int | None = None, brightest: float = 255.0
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The video's colours: a background (H, W, 3); the phases' colour; and the colour of the
   scenery and the grains. The background is a smooth field of the video's palette (a few
@@ -200,13 +235,17 @@ def _video_colours(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, wal
   colours WALLPAPER_LUMA_SPREAD on either side of the mid luma. The phases' and the scenery's
   colours lie at opposite ends of the luma range, each at least MIN_LUMA_CONTRAST away from
   every background colour, so the layers stay apart in grayscale too (MoCo v2's augmentation
-  turns 20% of the crops grey)."""
+  turns 20% of the crops grey). With a class ``home`` (scenes variant, see _scene_style), the
+  wallpaper's shape and its ground's hue are the class's home half the time."""
   mid = rng.uniform(100, 155)
   if wallpaper:
     spread = WALLPAPER_LUMA_SPREAD
-    ground, figure = (_colour_of_luma(rng, mid + spread * sign)
-                      for sign in rng.permutation([-1.0, 1.0]))
-    background = np.where(_make_wallpaper(rng, yy, xx)[..., None], figure, ground
+    shape, hue = (None, None) if home is None else _scene_style(rng, home)
+    ground_luma, figure_luma = mid + spread * rng.permutation([-1.0, 1.0])
+    ground = (_colour_of_luma(rng, ground_luma) if hue is None else
+              _colour_of_luma_and_hue(rng, ground_luma, hue))
+    figure = _colour_of_luma(rng, figure_luma)
+    background = np.where(_make_wallpaper(rng, yy, xx, shape)[..., None], figure, ground
                           ).astype(np.float32)
   else:
     spread = BACKGROUND_LUMA_SPREAD
@@ -214,15 +253,18 @@ def _video_colours(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, wal
                         for _ in range(BACKGROUND_PALETTE)])
     coarse = palette[rng.integers(0, BACKGROUND_PALETTE, BACKGROUND_GRID)]
     background = _upsample(coarse, *yy.shape)
-  bright = _colour_of_luma(rng, rng.uniform(mid + spread + MIN_LUMA_CONTRAST, 255))
+  lowest_bright = min(mid + spread + MIN_LUMA_CONTRAST, brightest)
+  bright = _colour_of_luma(rng, rng.uniform(lowest_bright, brightest))
   dark = _colour_of_luma(rng, rng.uniform(0, mid - spread - MIN_LUMA_CONTRAST))
   return (background, bright, dark) if rng.integers(2) else (background, dark, bright)
 
 
-def _make_wallpaper(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-  """Mask (H, W) of one of WALLPAPER_SHAPES repeated on a slanted lattice (every other row
-  shifted by half a period, or not), its shape, period, fill and slant drawn for the video."""
-  shape = WALLPAPER_SHAPES[rng.integers(len(WALLPAPER_SHAPES))]
+def _make_wallpaper(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray,
+                    shape: int | None = None) -> np.ndarray:
+  """Mask (H, W) of one of WALLPAPER_SHAPES (``shape``, an index, or one drawn) repeated on a
+  slanted lattice (every other row shifted by half a period, or not), its period, fill and
+  slant drawn for the video."""
+  shape = WALLPAPER_SHAPES[int(rng.integers(len(WALLPAPER_SHAPES))) if shape is None else shape]
   period = rng.uniform(*WALLPAPER_PERIOD) * min(yy.shape)
   half = rng.uniform(*WALLPAPER_FILL) * period / 2
   slant = rng.uniform(0, np.pi / 2)
@@ -251,11 +293,13 @@ def _make_wallpaper(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) ->
   return arm_u | ((np.abs(u) <= thin / 2) & (np.abs(v) <= half))  # plus, cross
 
 
-def _make_stage(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-  """Mask (H, W) of the rectangle the staged videos' phases play on: STAGE_AREA of the frame,
-  its aspect ratio within a factor 1.3 of the frame's, at a random place."""
+def _make_stage(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray,
+                area_share: tuple[float, float] = STAGE_AREA) -> np.ndarray:
+  """Mask (H, W) of the rectangle the staged videos' phases play on: a share of the frame
+  drawn in ``area_share``, its aspect ratio within a factor 1.3 of the frame's, at a random
+  place."""
   height, width = yy.shape
-  area = rng.uniform(*STAGE_AREA) * height * width
+  area = rng.uniform(*area_share) * height * width
   aspect = width / height * np.exp(rng.uniform(-np.log(1.3), np.log(1.3)))
   stage_width = min(width, np.sqrt(area * aspect))
   stage_height = min(height, area / stage_width)
@@ -330,14 +374,20 @@ def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str
   # Each phase gets between 35% and 65% of the video.
   bounds = np.array([0.0, rng.uniform(0.35, 0.65), 1.0])
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-  staged = variant == 'staged'
-  background, colour, marks_colour = _video_colours(rng, yy, xx, wallpaper=staged)
+  staged = variant in ('staged', 'scenes')
+  home = class_names(MAX_CLASSES).index('-'.join(phases)) if variant == 'scenes' else None
+  background, colour, marks_colour = _video_colours(
+      rng, yy, xx, wallpaper=staged, home=home,
+      brightest=SNOW_LUMA - MIN_LUMA_CONTRAST / 2 if variant == 'scenes' else 255.0)
   if staged:
-    stage = _make_stage(rng, yy, xx)
+    stage = _make_stage(rng, yy, xx, SCENES_STAGE_AREA if variant == 'scenes' else STAGE_AREA)
     scene = _make_scene(rng, yy, xx) & ~stage
   else:
     scene = _make_scene(rng, yy, xx)
   grains_join = _make_grains(rng, yy, xx)
+  # The scenes variant's grains are snow: white in every video, a colour no other layer has,
+  # so its share of any crop tells the time and says nothing of the video.
+  grains_colour = np.full(3, 255.0, np.float32) if variant == 'scenes' else None
   frames = np.empty((num_frames, height, width, 3), np.uint8)
   playing = np.empty(num_frames, np.int32)
   for index in range(num_frames):
@@ -353,7 +403,8 @@ def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str
       canvas[stage] = played[stage]
     else:
       drawers[phase](canvas, progress, yy, xx, colour + wobble[2])
-    canvas[grains_join <= position] = marks_colour + wobble[1]
+    canvas[grains_join <= position] = (marks_colour + wobble[1] if grains_colour is None
+                                       else grains_colour)
     frames[index] = np.clip(canvas, 0, 255).astype(np.uint8)
     playing[index] = order[phase]
   if variant == 'stills':
@@ -376,7 +427,7 @@ def write_mp4(path: str, frames: np.ndarray, fps: int) -> None:
 
 
 def generate(out_dir: str, *, seed: int = 0, num_classes: int = 12, videos_per_class: int = 32,
-             test_fraction: float = 0.25, variant: str = 'actions', show_progress: bool = True
+             test_fraction: float = 0.25, variant: str = 'scenes', show_progress: bool = True
              ) -> str:
   """Writes the dataset under ``out_dir`` (list layout) and returns ``out_dir``. Every variant
   draws its videos from the same generators (one per video), so a staged or still video has
@@ -412,7 +463,7 @@ def generate(out_dir: str, *, seed: int = 0, num_classes: int = 12, videos_per_c
 def prepare_synthetic(out_dir: str, *, seed: int = 0, num_classes: int = 12,
                       videos_per_class: int = 32, videos_per_shard: int = 16,
                       short_side: int | None = None, fps: float | None = None,
-                      variant: str = 'actions', show_progress: bool = False) -> str:
+                      variant: str = 'scenes', show_progress: bool = False) -> str:
   """Generates the dataset into ``out_dir/videos`` and prepares it (train and test) into
   ``out_dir/records`` through the normal preparation path; returns the records folder.
 
@@ -450,9 +501,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--num_classes', type=int, default=12, help=f'2 to {MAX_CLASSES}')
   parser.add_argument('--videos_per_class', type=int, default=32)
   parser.add_argument('--test_fraction', type=float, default=0.25)
-  parser.add_argument('--variant', choices=VARIANTS, default='actions',
-                      help="'actions': the demo's videos; 'staged': a wallpaper identity and the "
-                      "phases on a stage; 'stills': each actions video's middle frame held "
+  parser.add_argument('--variant', choices=VARIANTS, default='scenes',
+                      help="'scenes': the demo's videos (a still scene that hints at the class, "
+                      "the phases on a stage, white grains that tell the time); 'actions': the "
+                      "earlier demo's videos (the 3D demo's); 'staged' and 'stills': controls "
                       '(docs/evidence.md, points 8 to 10)')
   args = parser.parse_args(argv)
   generate(args.out, seed=args.seed, num_classes=args.num_classes,

@@ -156,6 +156,9 @@ def test_variants_share_the_actions_videos_draws():
     staged, staged_fps, staged_playing = render('staged')
     assert staged.shape == actions.shape and staged_fps == fps
     np.testing.assert_array_equal(staged_playing, playing)
+    scenes, scenes_fps, scenes_playing = render('scenes')
+    assert scenes.shape == actions.shape and scenes_fps == fps
+    np.testing.assert_array_equal(scenes_playing, playing)
     stills, stills_fps, stills_playing = render('stills')
     middle = len(actions) // 2
     assert stills_fps == fps and stills.shape == actions.shape
@@ -179,15 +182,16 @@ def test_staged_frames_of_the_first_and_last_segment_share_most_pixels():
   assert np.mean(changed['staged']) < np.mean(changed['actions']) - 0.1, changed
 
 
-def test_the_stage_is_a_rectangle_of_its_share_of_the_frame():
+@pytest.mark.parametrize('area_share', [synthetic.STAGE_AREA, synthetic.SCENES_STAGE_AREA])
+def test_the_stage_is_a_rectangle_of_its_share_of_the_frame(area_share):
   yy, xx = np.mgrid[0:96, 0:128].astype(np.float32)
   places = set()
   for seed in range(40):
-    stage = synthetic._make_stage(np.random.default_rng(seed), yy, xx)
+    stage = synthetic._make_stage(np.random.default_rng(seed), yy, xx, area_share)
     rows, columns = np.flatnonzero(stage.any(axis=1)), np.flatnonzero(stage.any(axis=0))
     assert stage[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1].all()  # filled box
     assert stage.sum() == len(rows) * len(columns)
-    low, high = synthetic.STAGE_AREA
+    low, high = area_share
     assert low - 0.03 < stage.mean() < high + 0.03
     places.add((rows[0], columns[0]))
   assert len(places) > 30
@@ -207,3 +211,100 @@ def test_every_crop_of_a_fifth_of_the_frame_shows_the_wallpaper():
       assert 0.03 < share < 0.8, (seed, share)
   # Videos differ in their wallpaper: no two masks are the same.
   assert len({mask.tobytes() for mask in masks}) == len(masks)
+
+
+def _hue(colour):
+  """The angle of a colour's (Cb, Cr) chroma (BT.601), written out independently."""
+  red, green, blue = (float(c) for c in colour)
+  luma = 0.299 * red + 0.587 * green + 0.114 * blue
+  return np.arctan2((red - luma) / 1.402, (blue - luma) / 1.772) % (2 * np.pi)
+
+
+def test_a_colour_of_luma_and_hue_has_them():
+  rng = np.random.default_rng(3)
+  for luma in (20.0, 90.0, 128.0, 200.0, 240.0):
+    for hue in np.linspace(0, 2 * np.pi, 13)[:-1]:
+      colour = synthetic._colour_of_luma_and_hue(rng, luma, hue)
+      assert colour.min() >= 0 and colour.max() <= 255 + 1e-3
+      assert abs(float(colour @ synthetic._LUMA) - luma) < 1e-2
+      assert abs((_hue(colour) - hue + np.pi) % (2 * np.pi) - np.pi) < 1e-3
+      assert np.ptp(colour) > 5  # a colour, not a grey
+
+
+def test_a_scene_is_its_class_home_about_half_the_time():
+  draws, count = 6000, len(synthetic.WALLPAPER_SHAPES)
+  rng = np.random.default_rng(7)
+  for home in (2, 11):
+    styles = [synthetic._scene_style(rng, home) for _ in range(draws)]
+    shapes = np.array([shape for shape, _ in styles])
+    offsets = np.array([(hue - 2 * np.pi * home / synthetic.MAX_CLASSES + np.pi) % (2 * np.pi)
+                        - np.pi for _, hue in styles])
+    at_home_hue = np.abs(offsets) <= synthetic.HUE_JITTER
+    away = 1 - synthetic.HOME_SHARE
+    expected = np.full(count, away / count)
+    expected[home % count] += synthetic.HOME_SHARE
+    np.testing.assert_allclose(np.bincount(shapes, minlength=count) / draws, expected,
+                               atol=0.015)
+    # An away video's hue lands in the home band by chance: 2 HUE_JITTER of the circle.
+    np.testing.assert_allclose(
+        at_home_hue.mean(), synthetic.HOME_SHARE + away * synthetic.HUE_JITTER / np.pi,
+        atol=0.015)
+    # Shape and hue go home together.
+    assert (shapes[at_home_hue] == home % count).mean() > 0.9  # 0.95: away ones add 5%
+
+
+def test_every_class_of_the_scenes_variant_has_its_own_home(monkeypatch):
+  homes = {}
+  draw_style = synthetic._scene_style
+
+  def recording(rng, home):
+    homes[current] = home
+    return draw_style(rng, home)
+  monkeypatch.setattr(synthetic, '_scene_style', recording)
+  names = synthetic.class_names(synthetic.MAX_CLASSES)
+  for current in names:
+    synthetic.render_video(tuple(current.split('-')), np.random.default_rng(0), 'scenes')
+  assert [homes[name] for name in names] == list(range(len(names)))
+  homes.clear()
+  for variant in ('actions', 'staged', 'stills'):
+    synthetic.render_video(('ball', 'rain'), np.random.default_rng(0), variant)
+  assert not homes  # only scenes videos have a home
+
+
+def test_scenes_videos_of_a_class_stand_in_its_home_hue_more_often():
+  names = synthetic.class_names(synthetic.MAX_CLASSES)
+
+  def wallpaper_hues(label, video):
+    frames, _, _ = synthetic.render_video(tuple(names[label].split('-')),
+                                          np.random.default_rng([9, label, video]), 'scenes')
+    # The wallpaper's two colours are the first frame's most frequent ones.
+    colours, counts = np.unique(frames[0].reshape(-1, 3), axis=0, return_counts=True)
+    return [_hue(colours[i]) for i in np.argsort(counts)[-2:]]
+
+  def share_near(label, home):
+    centre = 2 * np.pi * home / synthetic.MAX_CLASSES
+    return np.mean([any(abs((hue - centre + np.pi) % (2 * np.pi) - np.pi) < 0.35
+                        for hue in wallpaper_hues(label, video)) for video in range(16)])
+  # Class 0 at home about half the time; class 6's home is on the other side of the circle.
+  assert share_near(0, 0) > share_near(0, 6) + 0.25, (share_near(0, 0), share_near(0, 6))
+
+
+def test_scenes_snow_is_white_grows_and_is_the_only_white():
+  shares = []
+  for video in range(6):
+    frames, _, _ = synthetic.render_video(('bars', 'rings'), np.random.default_rng([4, video]),
+                                          'scenes')
+    # White: every channel at 250 or more. No other layer comes near: the bright colours
+    # stop SNOW_LUMA - MIN_LUMA_CONTRAST / 2 short of it, a frame's wobble moves them a little.
+    white = (frames.min(axis=-1) >= 250).mean(axis=(1, 2))
+    assert white[0] < 0.03 and np.all(np.diff(white) >= 0), white  # the first frame: a little
+    assert 0.2 < white[-1] < 0.3, white[-1]
+    shares.append(white[-1])
+    # Where it has fallen, the snow is pure white.
+    last = frames[-1].reshape(-1, 3)
+    snow = last.min(axis=-1) >= 250
+    assert (last[snow] == 255).all()
+  # The other variants keep their grains in the scenery's colour: rarely all white.
+  actions, _, _ = synthetic.render_video(('bars', 'rings'), np.random.default_rng([4, 0]),
+                                         'actions')
+  assert (actions[-1].min(axis=-1) >= 250).mean() < min(shares) / 2

@@ -1,9 +1,9 @@
 """A short pretraining run on the synthetic videos lowers every one of VCLR's four losses.
 
-The synthetic videos keep an identity across their frames and show time's direction in every
-frame (input_pipeline/synthetic.py), so each term has something to learn: this test fails
-if one of them stays where it started, as the inter-frame, video-level and order losses did
-on the earlier design.
+The synthetic videos (the demo's scenes variant) keep an identity across their frames and show
+time's direction in every frame (input_pipeline/synthetic.py), so each term has something to
+learn: this test fails if one of them stays where it started, as the inter-frame, video-level
+and order losses did on the first design.
 """
 
 import numpy as np
@@ -24,8 +24,8 @@ def records_dir(tmp_path_factory):
 
 
 def test_short_run_lowers_every_loss_term(records_dir, tmp_path):
-  # Crops and flips only: colour jitter slows the learning of the videos' colours, which a short
-  # run cannot afford (the demo and docs/evidence.md use the full recipe).
+  # Crops and flips only: the demo's augmentation (no colour jitter), without its blur and with
+  # larger crops, which a run this short needs.
   config = tiny_config(**{
       'data.source': 'records', 'data.records_dir': records_dir, 'data.split': 'train',
       'data.frame_size': (96, 128), 'batch_size': 16, 'queue_size': 32, 'num_epochs': 60,
