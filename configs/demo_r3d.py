@@ -1,9 +1,9 @@
 """The 3D demo: VCLR on clip tuples of the embedded synthetic videos with a narrow R3D-18,
 a few minutes on 2 CPU cores.
 
-  python -m input_pipeline.synthetic --out=data/synthetic
-  python -m input_pipeline.prepare --source=list --root=data/synthetic --splits=train,test \
-      --out=data/synthetic_clip_records --min_frames=12
+  python -m input_pipeline.synthetic --out=data/synthetic_actions --variant=actions
+  python -m input_pipeline.prepare --source=list --root=data/synthetic_actions \
+      --splits=train,test --out=data/synthetic_clip_records --min_frames=12
   python -m vclr_jax.main --config=configs/demo_r3d.py --workdir=runs/demo_r3d
 
   python -m vclr_jax.evaluate --config=configs/eval_synthetic_r3d.py --workdir=runs/demo_r3d \

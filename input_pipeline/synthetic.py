@@ -43,7 +43,8 @@ name:
   different segments are one image (time's direction and the class's second phase are gone).
 
 Written in the ``list`` source layout (``classes.txt``, ``train.txt``, ``test.txt``,
-``<class>/<video>.mp4``), and prepared like any real dataset::
+``<class>/<video>.mp4``), with the generator's settings last (``generator.json``: a folder
+without it is unfinished or older), and prepared like any real dataset::
 
   python -m input_pipeline.prepare --source=list --root=data/synthetic --splits=train,test \
       --out=data/synthetic_records
@@ -53,7 +54,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
+import shutil
 import sys
 from typing import Callable, Sequence
 
@@ -71,6 +74,8 @@ DURATION_RANGE_S = (0.6, 2.5)
 # wallpaper identity, the phases on a stage) and 'stills' (every frame the middle frame of
 # the actions video): docs/evidence.md, points 8 to 10, says what each is for.
 VARIANTS = ('actions', 'staged', 'stills', 'scenes')
+GENERATOR_FILE = 'generator.json'
+DEFAULT_TEST_FRACTION = 0.25
 # The actions' background: a grid of colours drawn from the video's palette, smoothly
 # interpolated over the frame; fine enough that a crop of a fifth of the frame shows most of
 # the palette. The palette's lumas stay this close to the video's mid luma.
@@ -357,13 +362,12 @@ def _make_grains(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np
   return joins
 
 
-def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str = 'actions'
+def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str = 'scenes'
                  ) -> tuple[np.ndarray, int, np.ndarray]:
   """One video playing the two ``phases`` one after the other, in random order: its frames
   (T, H, W, 3) uint8, its frame rate, and which phase plays in each frame ((T,) indices into
-  ``phases``). ``variant`` is one of VARIANTS: the actions video of this ``rng``, a staged one
-  (a wallpaper background, the phases on a stage), or the actions video's middle frame at
-  every time step."""
+  ``phases``). ``variant`` is one of VARIANTS (the module's docstring says what each shows);
+  every variant draws the same phases, timing and size from the same ``rng``."""
   if variant not in VARIANTS:
     raise ValueError(f'Unknown synthetic video variant {variant!r}; variants are {VARIANTS}.')
   width, height = RESOLUTIONS[rng.integers(len(RESOLUTIONS))]
@@ -427,7 +431,8 @@ def write_mp4(path: str, frames: np.ndarray, fps: int) -> None:
 
 
 def generate(out_dir: str, *, seed: int = 0, num_classes: int = 12, videos_per_class: int = 32,
-             test_fraction: float = 0.25, variant: str = 'scenes', show_progress: bool = True
+             test_fraction: float = DEFAULT_TEST_FRACTION, variant: str = 'scenes',
+             show_progress: bool = True
              ) -> str:
   """Writes the dataset under ``out_dir`` (list layout) and returns ``out_dir``. Every variant
   draws its videos from the same generators (one per video), so a staged or still video has
@@ -457,7 +462,23 @@ def generate(out_dir: str, *, seed: int = 0, num_classes: int = 12, videos_per_c
   for split, lines in lists.items():
     with open(os.path.join(out_dir, f'{split}.txt'), 'w') as f:
       f.writelines(lines)
+  with open(os.path.join(out_dir, GENERATOR_FILE), 'w') as f:
+    json.dump(_settings(seed, num_classes, videos_per_class, test_fraction, variant), f)
   return out_dir
+
+
+def _settings(seed, num_classes, videos_per_class, test_fraction, variant) -> dict:
+  return {'seed': seed, 'num_classes': num_classes, 'videos_per_class': videos_per_class,
+          'test_fraction': test_fraction, 'variant': variant}
+
+
+def generated_settings(out_dir: str) -> dict | None:
+  """The settings a finished ``generate`` wrote to ``out_dir``, or None."""
+  try:
+    with open(os.path.join(out_dir, GENERATOR_FILE)) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
 
 
 def prepare_synthetic(out_dir: str, *, seed: int = 0, num_classes: int = 12,
@@ -468,17 +489,25 @@ def prepare_synthetic(out_dir: str, *, seed: int = 0, num_classes: int = 12,
   ``out_dir/records`` through the normal preparation path; returns the records folder.
 
   Works in this process (small data: starting worker processes would cost more than it saves).
-  Reruns skip the work already done (finished shards are kept).
+  Reruns skip the work already done (finished shards are kept). A folder that holds a dataset
+  of other settings (an earlier variant, say) is an error: its records would be kept.
   """
   # Imported here: the generator alone needs neither TensorFlow nor the preparation code.
   from input_pipeline import prepare
   from input_pipeline import sources
   from input_pipeline import video_decoding
   videos_dir = os.path.join(out_dir, 'videos')
-  if not os.path.exists(os.path.join(videos_dir, 'test.txt')):
+  wanted = _settings(seed, num_classes, videos_per_class, DEFAULT_TEST_FRACTION, variant)
+  found = generated_settings(videos_dir)
+  if found not in (None, wanted):
+    raise ValueError(f'{videos_dir} holds a synthetic dataset made with {found}, not {wanted}: '
+                     f'delete {out_dir} or prepare into another folder.')
+  records_dir = os.path.join(out_dir, 'records')
+  if found is None:
+    # Records beside unfinished or unlabelled videos cannot be trusted to be theirs.
+    shutil.rmtree(records_dir, ignore_errors=True)
     generate(videos_dir, seed=seed, num_classes=num_classes, videos_per_class=videos_per_class,
              variant=variant, show_progress=show_progress)
-  records_dir = os.path.join(out_dir, 'records')
   options = prepare.EncodingOptions(
       fps=fps, geometry=video_decoding.FrameGeometry(short_side=short_side), jpeg_quality=90,
       min_frames=prepare.DEFAULT_MIN_FRAMES, frames_fps=30.0)
@@ -500,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--num_classes', type=int, default=12, help=f'2 to {MAX_CLASSES}')
   parser.add_argument('--videos_per_class', type=int, default=32)
-  parser.add_argument('--test_fraction', type=float, default=0.25)
+  parser.add_argument('--test_fraction', type=float, default=DEFAULT_TEST_FRACTION)
   parser.add_argument('--variant', choices=VARIANTS, default='scenes',
                       help="'scenes': the demo's videos (a still scene that hints at the class, "
                       "the phases on a stage, white grains that tell the time); 'actions': the "

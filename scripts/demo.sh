@@ -9,7 +9,15 @@ DATA=${DATA:-data}
 RUN=${RUN:-runs/demo}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
-[ -f "$DATA/synthetic/train.txt" ] || python -m input_pipeline.synthetic --out="$DATA/synthetic"
+# The generator writes generator.json last: without it, or with another variant, the folder is
+# unfinished or holds an earlier dataset (records made from it would be kept by a rerun).
+if ! grep -qs '"variant": "scenes"' "$DATA/synthetic/generator.json"; then
+  if [ -e "$DATA/synthetic" ] || [ -e "$DATA/synthetic_records" ]; then
+    echo "$DATA/synthetic is unfinished or holds an earlier synthetic dataset: making it again."
+    rm -rf "$DATA/synthetic" "$DATA/synthetic_records"
+  fi
+  python -m input_pipeline.synthetic --out="$DATA/synthetic"
+fi
 python -m input_pipeline.prepare --source=list --root="$DATA/synthetic" --splits=train,test \
     --out="$DATA/synthetic_records"
 python -m vclr_jax.main --config=configs/demo.py --workdir="$RUN" \

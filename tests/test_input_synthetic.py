@@ -50,7 +50,7 @@ def test_videos_vary_and_play_their_phases_in_both_orders():
   lengths, sizes, first_phases = [], set(), set()
   for video in range(24):
     frames, fps, playing = synthetic.render_video(('bars', 'rain'),
-                                                  np.random.default_rng([0, video]))
+                                                  np.random.default_rng([0, video]), 'actions')
     lengths.append(len(frames) / fps)
     sizes.add(frames.shape[1:3])
     assert frames.dtype == np.uint8 and frames.shape[1] % 2 == 0 and frames.shape[2] % 2 == 0
@@ -75,13 +75,14 @@ def _colour_histogram(frame, bins=4):
   return counts / counts.sum()
 
 
-def test_a_video_keeps_its_identity_across_phases():
+@pytest.mark.parametrize('variant', ['actions', 'scenes'])
+def test_a_video_keeps_its_identity_across_phases(variant):
   # The frames of a video, far apart in time (other phase included), look more alike than
   # frames of other videos of the same class: each frame's nearest neighbour by colour
   # histogram, among frames at least a third of a video away in its own video and all frames
   # of the others, comes from its own video.
-  videos = [synthetic.render_video(('stripes', 'checker'), np.random.default_rng([1, video]))[0]
-            for video in range(12)]
+  videos = [synthetic.render_video(('stripes', 'checker'), np.random.default_rng([1, video]),
+                                   variant)[0] for video in range(12)]
   histograms = [np.stack([_colour_histogram(frame) for frame in frames]) for frames in videos]
   hits = []
   for video, frames in enumerate(histograms):
@@ -308,3 +309,30 @@ def test_scenes_snow_is_white_grows_and_is_the_only_white():
   actions, _, _ = synthetic.render_video(('bars', 'rings'), np.random.default_rng([4, 0]),
                                          'actions')
   assert (actions[-1].min(axis=-1) >= 250).mean() < min(shares) / 2
+
+
+def test_generator_settings_are_written_last_and_checked_by_prepare(tmp_path):
+  settings = dict(seed=3, num_classes=2, videos_per_class=4)
+  out = str(tmp_path / 'data')
+  records = synthetic.prepare_synthetic(out, **settings, videos_per_shard=2)
+  written = synthetic.generated_settings(os.path.join(out, 'videos'))
+  assert written == {**settings, 'test_fraction': synthetic.DEFAULT_TEST_FRACTION,
+                     'variant': 'scenes'}
+  # The same settings again: the videos are not made again.
+  shards = sorted(os.listdir(records))
+  generator_file = os.path.join(out, 'videos', synthetic.GENERATOR_FILE)
+  stamp = os.path.getmtime(generator_file)
+  assert synthetic.prepare_synthetic(out, **settings, videos_per_shard=2) == records
+  assert os.path.getmtime(generator_file) == stamp
+  # Other settings: an error that names the folder, and nothing touched.
+  with pytest.raises(ValueError, match='holds a synthetic dataset made with'):
+    synthetic.prepare_synthetic(out, **settings, variant='actions', videos_per_shard=2)
+  assert sorted(os.listdir(records)) == shards
+  # A folder of an earlier version (no generator.json): the videos are made again and the
+  # records, which may be of other videos, with them.
+  os.remove(generator_file)
+  stale = os.path.join(records, 'stale-from-another-dataset')
+  open(stale, 'w').close()
+  synthetic.prepare_synthetic(out, **settings, videos_per_shard=2)
+  assert not os.path.exists(stale) and sorted(os.listdir(records)) == shards
+  assert synthetic.generated_settings(os.path.join(out, 'videos')) == written

@@ -124,7 +124,7 @@ def test_tool_compares_a_run_and_its_pytorch_layout_export(tmp_path):
   export = str(tmp_path / 'encoder.safetensors')
   export_encoder(variables, export, 'safetensors', {'depth': DEPTH})
   video = str(tmp_path / 'clip.mp4')
-  clip, fps, _ = synthetic.render_video(('ball', 'stripes'), np.random.default_rng(0))
+  clip, fps, _ = synthetic.render_video(('ball', 'stripes'), np.random.default_rng(0), 'actions')
   synthetic.write_mp4(video, clip, fps)
 
   grid = visualize.visualize([run_dir, export], video, str(tmp_path / 'out'), num_frames=3,
