@@ -209,11 +209,12 @@ EVIDENCE_TEMPLATE = """# Evidence of learning on the synthetic dataset
 Regenerate (about {minutes:.0f} minutes on 2 CPU cores): `{command}`
 
 Every encoder is the demo's network (configs/demo.py: quarter-width ResNet-18, 96 px) on the
-embedded synthetic dataset (12 classes, 288 training and 96 test videos), evaluated with
+embedded synthetic dataset (the scenes videos: 12 classes, 288 training and 96 test videos;
+[data.md](data.md#5-synthetic-dataset-python--m-input_pipelinesynthetic)), evaluated with
 configs/eval_synthetic.py: features averaged over 8 frames, linear SVM (LinearSVC, C=1, no
 bias) trained on the training split and tested on the test split, retrieval R@1 of test
-queries against the training gallery. Pretraining uses the demo's budget (45 epochs, 405
-steps). Cells: **mean over seeds {seeds}** (each seed's value); a row run for fewer seeds names
+queries against the training gallery. Pretraining uses the demo's budget and recipe (45
+epochs, 405 steps, crops, flips and blur without colour jitter or grayscale). Cells: **mean over seeds {seeds}** (each seed's value); a row run for fewer seeds names
 them. Chance is 8.3%.
 
 {table}
