@@ -379,7 +379,9 @@ def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str
   bounds = np.array([0.0, rng.uniform(0.35, 0.65), 1.0])
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
   staged = variant in ('staged', 'scenes')
-  home = class_names(MAX_CLASSES).index('-'.join(phases)) if variant == 'scenes' else None
+  # A class is an unordered pair: its index among all pairs, whichever order they come in.
+  home = (class_names(MAX_CLASSES).index('-'.join(sorted(phases, key=PHASES.index)))
+          if variant == 'scenes' else None)
   background, colour, marks_colour = _video_colours(
       rng, yy, xx, wallpaper=staged, home=home,
       brightest=SNOW_LUMA - MIN_LUMA_CONTRAST / 2 if variant == 'scenes' else 255.0)
@@ -391,7 +393,7 @@ def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str
   grains_join = _make_grains(rng, yy, xx)
   # The scenes variant's grains are snow: white in every video, a colour no other layer has,
   # so its share of any crop tells the time and says nothing of the video.
-  grains_colour = np.full(3, 255.0, np.float32) if variant == 'scenes' else None
+  grains_colour = np.full(3, SNOW_LUMA, np.float32) if variant == 'scenes' else None
   frames = np.empty((num_frames, height, width, 3), np.uint8)
   playing = np.empty(num_frames, np.int32)
   for index in range(num_frames):

@@ -266,6 +266,10 @@ def test_every_class_of_the_scenes_variant_has_its_own_home(monkeypatch):
   for current in names:
     synthetic.render_video(tuple(current.split('-')), np.random.default_rng(0), 'scenes')
   assert [homes[name] for name in names] == list(range(len(names)))
+  # A class is an unordered pair: the phases in the other order stand in the same home.
+  current = 'reversed'
+  synthetic.render_video(('rings', 'ball'), np.random.default_rng(0), 'scenes')
+  assert homes['reversed'] == homes['ball-rings']
   homes.clear()
   for variant in ('actions', 'staged', 'stills'):
     synthetic.render_video(('ball', 'rain'), np.random.default_rng(0), variant)
