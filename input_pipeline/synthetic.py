@@ -378,22 +378,20 @@ def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str
   # Each phase gets between 35% and 65% of the video.
   bounds = np.array([0.0, rng.uniform(0.35, 0.65), 1.0])
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-  staged = variant in ('staged', 'scenes')
+  scenes = variant == 'scenes'
+  staged = scenes or variant == 'staged'
   # A class is an unordered pair: its index among all pairs, whichever order they come in.
   home = (class_names(MAX_CLASSES).index('-'.join(sorted(phases, key=PHASES.index)))
-          if variant == 'scenes' else None)
+          if scenes else None)
   background, colour, marks_colour = _video_colours(
       rng, yy, xx, wallpaper=staged, home=home,
-      brightest=SNOW_LUMA - MIN_LUMA_CONTRAST / 2 if variant == 'scenes' else 255.0)
+      brightest=SNOW_LUMA - MIN_LUMA_CONTRAST / 2 if scenes else 255.0)
   if staged:
-    stage = _make_stage(rng, yy, xx, SCENES_STAGE_AREA if variant == 'scenes' else STAGE_AREA)
+    stage = _make_stage(rng, yy, xx, SCENES_STAGE_AREA if scenes else STAGE_AREA)
     scene = _make_scene(rng, yy, xx) & ~stage
   else:
     scene = _make_scene(rng, yy, xx)
   grains_join = _make_grains(rng, yy, xx)
-  # The scenes variant's grains are snow: white in every video, a colour no other layer has,
-  # so its share of any crop tells the time and says nothing of the video.
-  grains_colour = np.full(3, SNOW_LUMA, np.float32) if variant == 'scenes' else None
   frames = np.empty((num_frames, height, width, 3), np.uint8)
   playing = np.empty(num_frames, np.int32)
   for index in range(num_frames):
@@ -409,8 +407,9 @@ def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str
       canvas[stage] = played[stage]
     else:
       drawers[phase](canvas, progress, yy, xx, colour + wobble[2])
-    canvas[grains_join <= position] = (marks_colour + wobble[1] if grains_colour is None
-                                       else grains_colour)
+    # The scenes variant's grains are snow: white in every video, a colour no other layer has,
+    # so its share of any crop tells the time and says nothing of the video.
+    canvas[grains_join <= position] = SNOW_LUMA if scenes else marks_colour + wobble[1]
     frames[index] = np.clip(canvas, 0, 255).astype(np.uint8)
     playing[index] = order[phase]
   if variant == 'stills':

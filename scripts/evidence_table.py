@@ -214,8 +214,8 @@ embedded synthetic dataset (the scenes videos: 12 classes, 288 training and 96 t
 configs/eval_synthetic.py: features averaged over 8 frames, linear SVM (LinearSVC, C=1, no
 bias) trained on the training split and tested on the test split, retrieval R@1 of test
 queries against the training gallery. Pretraining uses the demo's budget and recipe (45
-epochs, 405 steps, crops, flips and blur without colour jitter or grayscale). Cells: **mean over seeds {seeds}** (each seed's value); a row run for fewer seeds names
-them. Chance is 8.3%.
+epochs, 405 steps, crops, flips and blur without colour jitter or grayscale). Cells: **mean
+over seeds {seeds}** (each seed's value); a row run for fewer seeds names them. Chance is 8.3%.
 
 {table}
 
