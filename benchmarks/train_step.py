@@ -30,6 +30,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from vclr_jax import augment  # noqa: E402
 from vclr_jax import batch as batch_layout  # noqa: E402
+from vclr_jax import config_checks  # noqa: E402
 from vclr_jax import train_state as ts  # noqa: E402
 from vclr_jax import train_step as tstep  # noqa: E402
 from vclr_jax.global_batches import to_global  # noqa: E402
@@ -115,9 +116,9 @@ def main(argv):
   config = FLAGS.config
   total_flops = flops_per_step(config)
   mesh = tstep.make_mesh()
-  tstep.check_divisibility(config, mesh.size)
+  config_checks.check_divisibility(config, mesh.size)
   tstep.resolve_shuffle_bn(config, mesh.size)
-  ts.check_queue_size(config)
+  config_checks.check_queue_size(config)
   per_host = config.batch_size // jax.process_count()
   frame_size = tuple(config.data.frame_size)
   batches = [to_global(batch_layout.random_batch(per_host, frame_size, seed,

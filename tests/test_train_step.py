@@ -60,7 +60,7 @@ def compiled_step(config_json, num_devices):
   """One jitted step per (config, devices), shared by the tests to save compile time."""
   config = ml_collections.ConfigDict(json.loads(config_json))
   mesh = tstep.make_mesh(jax.devices()[:num_devices])
-  tstep.check_divisibility(config, num_devices)
+  config_checks.check_divisibility(config, num_devices)
   step = tstep.make_train_step(config, mesh, ts.make_optimizer(config, NUM_VIDEOS),
                                ts.learning_rate_schedule(config, NUM_VIDEOS))
   return mesh, step
@@ -176,7 +176,7 @@ def test_shuffle_returns_every_key_to_its_example_and_mixes_every_bn_group(neigh
 @pytest.mark.parametrize('num_devices', [8, 16, 32, 64, 128, 256])
 def test_k400_config_passes_the_device_checks_with_shuffle_bn(num_devices):
   config = k400.get_config()
-  tstep.check_divisibility(config, num_devices)
+  config_checks.check_divisibility(config, num_devices)
   tstep.resolve_shuffle_bn(config, num_devices)
   devices = config.model.shuffle_bn_devices
   key_frames = 6 * config.batch_size // num_devices
@@ -187,17 +187,17 @@ def test_k400_config_passes_the_device_checks_with_shuffle_bn(num_devices):
 def test_device_checks_name_the_config_key():
   config = tiny_config()
   with pytest.raises(ValueError, match='batch_size=8 must be divisible'):
-    tstep.check_divisibility(config, 3)
+    config_checks.check_divisibility(config, 3)
   config.model.shuffle_bn_devices = 5
   with pytest.raises(ValueError, match='shuffle_bn_devices=5'):
-    tstep.check_divisibility(config, 8)
+    config_checks.check_divisibility(config, 8)
   config.model.shuffle_bn_devices = 1
   with pytest.raises(ValueError, match='normalises every key with its own'):
-    tstep.check_divisibility(config, 8)
+    config_checks.check_divisibility(config, 8)
   config.model.shuffle_bn_devices = 0
   config.model.shuffle_bn_groups_per_device = 5
   with pytest.raises(ValueError, match='shuffle_bn_groups_per_device'):
-    tstep.check_divisibility(config, 1)
+    config_checks.check_divisibility(config, 1)
 
 
 def test_k400_reference_config_requires_an_existing_init_from(tmp_path):
@@ -217,7 +217,7 @@ def test_k400_reference_config_requires_an_existing_init_from(tmp_path):
     config_checks.validate_config(config, num_devices, 1)
   config.model.bn_batching = 'fuse'
   with pytest.raises(ValueError, match='config.model.bn_batching must be one of'):
-    tstep.check_bn_config(config.model)
+    config_checks.check_bn_config(config.model)
 
 
 def test_queues_receive_gathered_keys_at_their_positions_and_wrap():
@@ -270,7 +270,7 @@ def _check_queues_receive_gathered_keys():
 
 def test_queue_size_must_be_a_multiple_of_the_batch():
   with pytest.raises(ValueError, match='queue_size=100 must be a multiple of config.batch_size=8'):
-    ts.check_queue_size(tiny_config(queue_size=100))
+    config_checks.check_queue_size(tiny_config(queue_size=100))
 
 
 def test_ema_after_a_step_mixes_old_key_and_new_online_weights():

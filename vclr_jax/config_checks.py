@@ -4,8 +4,9 @@
 divisibility over devices and hosts, the queue size, paths that must exist) and raises one
 ConfigError listing them, so a user fixes a command line in one go instead of one error per
 rerun, and a failed start leaves no config.json, events file or checkpoints/ behind.
-The step's own checks (train_step.check_divisibility, train_state.check_queue_size) are
-reused, so the rules live in one place.
+The step's own rules (check_divisibility, check_queue_size, clip_config_problems,
+check_bn_config) live here too, so every rule lives in one place; train_step.py and
+train_state.py build from a config that passed them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from vclr_jax import train_state as train_state_lib
 from vclr_jax import train_step as train_step_lib
 from vclr_jax.cli_errors import ConfigError
 from vclr_jax.cli_errors import UserError
+from vclr_jax.models import video3d
 from vclr_jax.models.resnet import STAGE_BLOCKS
 from vclr_jax.models.vclr import ARCHITECTURES, ORDER_NORMS
 
@@ -44,6 +46,83 @@ def choices() -> dict[str, tuple]:
       'data.source': DATA_SOURCES,
   })
   return table
+
+
+def clip_config_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """What is wrong with config.data.clip_length / clip_stride for config.model.architecture."""
+  architecture, data = config.model.architecture, config.data
+  if architecture not in ARCHITECTURES:
+    return []  # reported with the other choices
+  problems = [f'config.data.{key}={data[key]} must be a positive integer: set it to 1 or more.'
+              for key in ('clip_length', 'clip_stride')
+              if not (isinstance(data[key], int) and data[key] >= 1)]
+  if problems:
+    return problems
+  if architecture == 'resnet' and data.clip_length > 1:
+    problems.append(f"config.model.architecture='resnet' encodes single frames, but "
+                    f'config.data.clip_length={data.clip_length}: set clip_length=1, or a 3D '
+                    f"architecture ('r3d_18', 's3d').")
+  if architecture != 'resnet':
+    min_frames, min_pixels = video3d.MIN_CLIP[architecture]
+    if data.clip_length == 1:
+      problems.append(f'config.model.architecture={architecture!r} encodes clips, but '
+                      'config.data.clip_length=1 gives single frames: set config.data.clip_length '
+                      f'to {max(2, min_frames)} or more.')
+    elif data.clip_length < min_frames:
+      problems.append(f'config.model.architecture={architecture!r} needs clips of at least '
+                      f'{min_frames} frames: raise config.data.clip_length={data.clip_length}.')
+    if data.image_size < min_pixels:
+      problems.append(f'config.model.architecture={architecture!r} needs crops of at least '
+                      f'{min_pixels} px: raise config.data.image_size={data.image_size}.')
+  return problems
+
+
+def check_bn_config(model_config: ml_collections.ConfigDict) -> None:
+  for key, allowed in BN_MODES.items():
+    if model_config[key] not in allowed:
+      raise ValueError(f'config.model.{key} must be one of {allowed}, got {model_config[key]!r}.')
+
+
+def check_bn_config(model_config: ml_collections.ConfigDict) -> None:
+  for key, allowed in train_step_lib.BN_MODES.items():
+    if model_config[key] not in allowed:
+      raise ValueError(f'config.model.{key} must be one of {allowed}, got {model_config[key]!r}.')
+
+
+def check_divisibility(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Errors for batch sizes that the step's reshapes and shuffle-BN cannot split evenly."""
+  if config.batch_size % num_devices:
+    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the number of '
+                     f'devices ({num_devices}).')
+  if config.model.key_bn != 'shuffle':
+    return
+  key_frames = train_step_lib.key_pass_frames(config, num_devices)
+  devices = train_step_lib.shuffle_bn_devices(config, num_devices)
+  groups = train_step_lib.shuffle_bn_groups(config, num_devices)
+  if not 1 <= devices <= num_devices or key_frames % devices:
+    raise ValueError(
+        f'config.model.shuffle_bn_devices={devices} must be between 1 and the {num_devices} '
+        f'devices and divide the {key_frames} frames of a device in a key BN batch (6 x the '
+        "per-device batch, or 1 x with config.model.bn_batching='reference'); 0 picks "
+        f'{train_step_lib.default_shuffle_devices(key_frames, num_devices)}.')
+  if devices == 1 and num_devices > 1:
+    raise ValueError('config.model.shuffle_bn_devices=1 normalises every key with its own '
+                     "query's batch: use 0 (automatic), 2 or more, or model.key_bn='sync'.")
+  if key_frames % groups or key_frames // groups < 2:
+    raise ValueError(
+        f'Shuffle-BN normalises the {key_frames} frames of a device in a key BN batch in '
+        f'{groups} groups (config.model.shuffle_bn_groups_per_device): the count must divide them and leave at '
+        'least 2 frames per group; choose another config.batch_size or group count.')
+
+
+def check_queue_size(config: ml_collections.ConfigDict) -> None:
+  """Each queue is written in blocks of the global batch; a block must never straddle the end."""
+  if config.queue_size % config.batch_size:
+    raise ValueError(
+        f'config.queue_size={config.queue_size} must be a multiple of config.batch_size='
+        f'{config.batch_size}: every step writes the gathered keys in blocks of the global batch '
+        '(k1, k2, k3 into the inter queue, k_v into the video queue). Pick e.g. queue_size='
+        f'{max(1, config.queue_size // config.batch_size) * config.batch_size}.')
 
 
 def _get(config: ml_collections.ConfigDict, key: str):
@@ -95,8 +174,8 @@ def _layout_problems(config, num_devices: int, num_processes: int) -> list[str]:
   if config.batch_size % num_processes:
     problems.append(f'config.batch_size={config.batch_size} must divide over the '
                     f'{num_processes} hosts: use a multiple of {num_processes}.')
-  for check in (lambda: train_step_lib.check_divisibility(config, num_devices),
-                lambda: train_state_lib.check_queue_size(config)):
+  for check in (lambda: check_divisibility(config, num_devices),
+                lambda: check_queue_size(config)):
     try:
       check()
     except ValueError as error:
@@ -134,7 +213,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
                     num_processes: int) -> None:
   """Raises ConfigError listing every problem of a pretraining config; writes nothing."""
   problems = _choice_problems(config) + _size_problems(config)
-  problems += train_step_lib.clip_config_problems(config)
+  problems += clip_config_problems(config)
   problems += _layout_problems(config, num_devices, num_processes) + _path_problems(config)
   if problems:
     raise ConfigError(problems)

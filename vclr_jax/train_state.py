@@ -111,23 +111,12 @@ def initial_queue(rng, size: int, dim: int) -> jax.Array:
   return jax.random.uniform(rng, (size, dim), jnp.float32, -bound, bound)
 
 
-def check_queue_size(config: ml_collections.ConfigDict) -> None:
-  """Each queue is written in blocks of the global batch; a block must never straddle the end."""
-  if config.queue_size % config.batch_size:
-    raise ValueError(
-        f'config.queue_size={config.queue_size} must be a multiple of config.batch_size='
-        f'{config.batch_size}: every step writes the gathered keys in blocks of the global batch '
-        '(k1, k2, k3 into the inter queue, k_v into the video queue). Pick e.g. queue_size='
-        f'{max(1, config.queue_size // config.batch_size) * config.batch_size}.')
-
-
 def create_train_state(config: ml_collections.ConfigDict, num_train_videos: int,
                        rng: jax.Array) -> TrainState:
   """A fresh state: random init (torchvision's), EMA = online, queues as the reference.
 
   ``rng`` is a typed key (jax.random.key).
   """
-  check_queue_size(config)
   model = build_model(config.model)
   init_rng, inter_rng, video_rng, state_rng = jax.random.split(rng, 4)
   size = config.data.image_size

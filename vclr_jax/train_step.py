@@ -35,8 +35,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from vclr_jax import augment
 from vclr_jax import batch as batch_layout
 from vclr_jax import losses
-from vclr_jax.models import vclr as vclr_model
-from vclr_jax.models import video3d
 from vclr_jax.models.resnet import accumulation_dtype
 from vclr_jax.train_state import TrainState, build_model
 
@@ -50,41 +48,6 @@ def make_mesh(devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
                        axis_types=(jax.sharding.AxisType.Explicit,))
-
-
-def clip_config_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """What is wrong with config.data.clip_length / clip_stride for config.model.architecture."""
-  architecture, data = config.model.architecture, config.data
-  if architecture not in vclr_model.ARCHITECTURES:
-    return []  # reported with the other choices
-  problems = [f'config.data.{key}={data[key]} must be a positive integer: set it to 1 or more.'
-              for key in ('clip_length', 'clip_stride')
-              if not (isinstance(data[key], int) and data[key] >= 1)]
-  if problems:
-    return problems
-  if architecture == 'resnet' and data.clip_length > 1:
-    problems.append(f"config.model.architecture='resnet' encodes single frames, but "
-                    f'config.data.clip_length={data.clip_length}: set clip_length=1, or a 3D '
-                    f"architecture ('r3d_18', 's3d').")
-  if architecture != 'resnet':
-    min_frames, min_pixels = video3d.MIN_CLIP[architecture]
-    if data.clip_length == 1:
-      problems.append(f'config.model.architecture={architecture!r} encodes clips, but '
-                      'config.data.clip_length=1 gives single frames: set config.data.clip_length '
-                      f'to {max(2, min_frames)} or more.')
-    elif data.clip_length < min_frames:
-      problems.append(f'config.model.architecture={architecture!r} needs clips of at least '
-                      f'{min_frames} frames: raise config.data.clip_length={data.clip_length}.')
-    if data.image_size < min_pixels:
-      problems.append(f'config.model.architecture={architecture!r} needs crops of at least '
-                      f'{min_pixels} px: raise config.data.image_size={data.image_size}.')
-  return problems
-
-
-def check_bn_config(model_config: ml_collections.ConfigDict) -> None:
-  for key, allowed in BN_MODES.items():
-    if model_config[key] not in allowed:
-      raise ValueError(f'config.model.{key} must be one of {allowed}, got {model_config[key]!r}.')
 
 
 MAX_SHUFFLE_DEVICES = 8  # the released run's 8 GPUs: a key mixes with at most 7 other devices
@@ -290,12 +253,8 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, le
 
   ``batch`` holds global arrays sharded over the mesh's data axis (vclr_jax/batch.py: uint8
   frames; the crops are cut in the step); every returned metric is a replicated scalar averaged over the global batch.
+  ``config`` is one that config_checks.validate_config accepts for ``mesh.size`` devices.
   """
-  check_bn_config(config.model)
-  clip_problems = clip_config_problems(config)
-  if clip_problems:
-    raise ValueError(' '.join(clip_problems))
-  check_divisibility(config, mesh.size)
   shuffle = config.model.key_bn == 'shuffle'
   shuffle_devices = shuffle_bn_devices(config, mesh.size) if shuffle else 0
   online_model = build_model(
@@ -363,32 +322,6 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, le
 def replicate(tree, mesh: Mesh):
   """Places a pytree on every device of the mesh, unsharded."""
   return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
-def check_divisibility(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Errors for batch sizes that the step's reshapes and shuffle-BN cannot split evenly."""
-  if config.batch_size % num_devices:
-    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the number of '
-                     f'devices ({num_devices}).')
-  if config.model.key_bn != 'shuffle':
-    return
-  key_frames = key_pass_frames(config, num_devices)
-  devices = shuffle_bn_devices(config, num_devices)
-  groups = shuffle_bn_groups(config, num_devices)
-  if not 1 <= devices <= num_devices or key_frames % devices:
-    raise ValueError(
-        f'config.model.shuffle_bn_devices={devices} must be between 1 and the {num_devices} '
-        f'devices and divide the {key_frames} frames of a device in a key BN batch (6 x the '
-        "per-device batch, or 1 x with config.model.bn_batching='reference'); 0 picks "
-        f'{default_shuffle_devices(key_frames, num_devices)}.')
-  if devices == 1 and num_devices > 1:
-    raise ValueError('config.model.shuffle_bn_devices=1 normalises every key with its own '
-                     "query's batch: use 0 (automatic), 2 or more, or model.key_bn='sync'.")
-  if key_frames % groups or key_frames // groups < 2:
-    raise ValueError(
-        f'Shuffle-BN normalises the {key_frames} frames of a device in a key BN batch in '
-        f'{groups} groups (config.model.shuffle_bn_groups_per_device): the count must divide them and leave at '
-        'least 2 frames per group; choose another config.batch_size or group count.')
 
 
 def shuffle_bn_devices(config: ml_collections.ConfigDict, num_devices: int) -> int:
