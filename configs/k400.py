@@ -49,11 +49,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.compute_dtype = 'float32'  # or 'bfloat16' (parameters stay float32)
   config.model.online_bn = 'per_device'  # or 'sync'
   config.model.key_bn = 'shuffle'  # or 'sync'
-  # Which frames share a BN batch (README, BatchNorm; docs/deviations.md): 'fused' (one 6B key
+  # Which frames share a BN batch (docs/training.md, BatchNorm): 'fused' (one 6B key
   # pass, xq from the query tuple's pass) or 'reference' (the released code's four key passes
   # and separate xq pass; +1/3 online compute).
   config.model.bn_batching = 'fused'
-  # Shuffle-BN (README, BatchNorm): key frames are exchanged among shuffle_bn_devices
+  # Shuffle-BN (docs/training.md, BatchNorm): key frames are exchanged among shuffle_bn_devices
   # neighbouring devices (0: the largest count up to 8 that divides a device's 6 x B key
   # frames) and normalised in shuffle_bn_groups_per_device groups per device (0: max(1,
   # 8 // devices), so a single GPU still sees the 8 BN groups of the released 8-GPU run).
@@ -83,7 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
   # up over many checkpoints can still be undone (about 0.65 GB each at ResNet-50).
   config.checkpoint.keep_every_steps = 20000
   # >= 0: resume from this kept checkpoint instead of the latest; later ones are moved aside
-  # to checkpoints_moved_aside_<UTC time>/ (README, Divergence). -1: the latest.
+  # to checkpoints_moved_aside_<UTC time>/ (docs/training.md, Divergence). -1: the latest.
   config.checkpoint.resume_step = -1
 
   config.log_every_steps = 50

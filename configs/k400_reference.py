@@ -1,4 +1,5 @@
-"""The released VCLR run on Kinetics-400, as close as this code gets (docs/deviations.md).
+"""The released VCLR run on Kinetics-400, as close as this code gets (docs/training.md, "Paper
+vs released code vs vclr_jax").
 
   # Records: 30 fps, 340x256, every video padded (last frame repeated) or trimmed to 300 frames.
   python -m input_pipeline.prepare --source=kinetics --csv=kinetics400/train.csv \

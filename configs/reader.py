@@ -12,7 +12,7 @@ def add_source_fields(data: ml_collections.ConfigDict, records_dir: str) -> None
 
   source: 'records' reads records_dir: records prepared by python -m input_pipeline.prepare,
     or the version folder of a built TFDS dataset. 'tfds' reads the dataset built by python -m
-    input_pipeline.vclr_videos named tfds_name in tfds_data_dir (README, TFDS), so a command
+    input_pipeline.vclr_videos named tfds_name in tfds_data_dir (docs/data.md, TFDS), so a command
     line names a TFDS dataset the way TFDS does instead of spelling out its folder.
   tfds_name: 'vclr_videos/<config>[:<version>]', e.g. 'vclr_videos/ucf101_split1'; without a
     version, the builder's current one (as tfds.load).

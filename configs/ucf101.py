@@ -1,6 +1,6 @@
 """VCLR pretraining on UCF101 split 1 train (the paper's UCF101-pretrained retrieval rows).
 
-  python -m input_pipeline.prepare ... (UCF101, see README) --out=data/ucf101_records
+  python -m input_pipeline.prepare ... (UCF101: docs/data.md) --out=data/ucf101_records
   python -m vclr_jax.main --config=configs/ucf101.py --workdir=runs/ucf101
 
 Same recipe as configs/k400.py; what changes: the data (9,537 training videos, so an epoch

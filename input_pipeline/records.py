@@ -234,7 +234,7 @@ def tfds_version_dir(tfds_name: str, data_dir: str) -> str:
     raise FileNotFoundError(
         f'config.data.tfds_name={tfds_name} is not built in config.data.tfds_data_dir='
         f'{data_dir} (no {version_dir}/{TFDS_INFO_FILENAME}).{other_versions} Build it with '
-        f'`{_build_command(match["config"], data_dir)}` (README, TFDS).')
+        f'`{_build_command(match["config"], data_dir)}` (docs/data.md, TFDS).')
   return version_dir
 
 
@@ -257,8 +257,8 @@ def _tfds_advice(records_dir: str) -> str:
   data_dir = '/'.join(parts[:parts.index(TFDS_NAME)]) or '.'
   config = (parts[parts.index(TFDS_NAME) + 1:] or ['CONFIG'])[0]
   return (f'{records_dir} is not a built TFDS dataset (no {TFDS_INFO_FILENAME}). Build it with '
-          f'`{_build_command(config, data_dir)}` (README, TFDS) and pass the version folder it '
-          f'prints, {data_dir}/{TFDS_NAME}/{config}/<version>.')
+          f'`{_build_command(config, data_dir)}` (docs/data.md, TFDS) and pass the version '
+          f'folder it prints, {data_dir}/{TFDS_NAME}/{config}/<version>.')
 
 
 def prepared_splits(records_dir: str) -> list[str]:

@@ -214,7 +214,7 @@ def test_the_config_check_names_the_tfds_key_and_what_to_do(tfds_dir, tfds_data_
                               f'config.data.tfds_data_dir={tfds_data_dir} ')
   assert not_built.endswith('Build it with `python -m input_pipeline.vclr_videos '
                             '--config=hmdb51_split1 --manual_dir=MANUAL_DIR '
-                            f'--data_dir={tfds_data_dir}` (README, TFDS).')
+                            f'--data_dir={tfds_data_dir}` (docs/data.md, TFDS).')
   # Another version than the one built: the message names the built one.
   [other_version] = problems(tfds_name=f'{TFDS_NAME}:2.0.0')
   assert 'Built there: version 1.0.0 (add :<version> to config.data.tfds_name' in other_version

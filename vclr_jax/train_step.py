@@ -16,7 +16,7 @@ backbone: vclr_jax/batch.py; the code is the same)
 5. keeps the old state (but the step and counters) when the loss, the gradient, or any new
    weight or BN statistic (online or EMA) is not finite.
 
-config.model.bn_batching decides which frames share a BatchNorm batch (docs/deviations.md):
+config.model.bn_batching decides which frames share a BatchNorm batch (docs/training.md, BatchNorm):
 'fused' runs one key pass over all 6B frames of a device and takes xq's features from the
 query tuple's pass (xq is the same augmented image); 'reference' runs the released code's
 passes, each its own BN batch, in its order: key encoder x1 (B), x2 (B), x3 (B), key tuple

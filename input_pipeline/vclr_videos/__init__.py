@@ -1,1 +1,1 @@
-"""The TFDS dataset ``vclr_videos``: vclr_videos_dataset_builder.py (README, TFDS)."""
+"""The TFDS dataset ``vclr_videos``: vclr_videos_dataset_builder.py (docs/data.md, TFDS)."""

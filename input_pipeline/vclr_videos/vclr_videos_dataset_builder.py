@@ -10,7 +10,7 @@ its records folder (records.tfds_index), named by ``--config.data.source=tfds
 --config.data.tfds_name=vclr_videos/ucf101_split1 --config.data.tfds_data_dir=/data/tfds``
 (records.tfds_version_dir) or given as ``--config.data.records_dir``. Videos are listed by
 input_pipeline/sources.py and decoded by ``prepare.encode_videos``, the function preparation
-uses, with the options of the README's prepare command for the dataset (the config's
+uses, with the options of docs/data.md's prepare command for the dataset (the config's
 ``options``): a video gives the same frames, label and fields either way, and the same videos
 are skipped. Beside every tfrecord file the builder writes its frame index, as preparation does
 beside every shard (input_pipeline/frame_index.py).
@@ -33,7 +33,7 @@ from input_pipeline import records
 from input_pipeline import sources
 from input_pipeline import video_decoding
 
-# The README's recipes (docs/data.md, section 1): the reference's K400 (30 fps, 340x256, padded
+# The preparation recipes (docs/data.md, section 1): the reference's K400 (30 fps, 340x256, padded
 # or trimmed to 300 frames), UCF101 and HMDB51 at 340x256, any folder at a short side of 256.
 _JPEG_QUALITY = 90
 _K400 = prepare.EncodingOptions(
