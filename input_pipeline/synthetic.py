@@ -34,10 +34,10 @@ Everything follows from the seed.
 
 Other variants (``--variant``) draw the same phases, timing and size for a video of the same
 name:
-- ``actions``: the earlier demo's videos (the 3D demo's): the phases cover the frame over a
+- ``actions``: the 3D demo's videos: the phases cover the frame over a
   smooth background that blends three colours of one luma, and the grains take the scenery's
   colour. Only the colours hold a video together, so the contrastive terms need many more steps.
-- ``staged``: a control (docs/evidence.md, points 8 to 10), ``scenes`` before its homes and
+- ``staged``: a control, ``scenes`` without its homes and
   snow: the stage covers 35-50% of the frame and the grains take the scenery's colour.
 - ``stills``: a control: every frame is the actions video's middle frame, so the frames of
   different segments are one image (time's direction and the class's second phase are gone).
@@ -70,9 +70,9 @@ MAX_CLASSES = len(PHASES) * (len(PHASES) - 1) // 2
 RESOLUTIONS = ((128, 96), (160, 120), (112, 112), (144, 108), (96, 128))
 FRAME_RATES = (12, 15, 24)
 DURATION_RANGE_S = (0.6, 2.5)
-# What the videos show: 'actions' (the dataset of the demo and the evidence), 'staged' (a
-# wallpaper identity, the phases on a stage) and 'stills' (every frame the middle frame of
-# the actions video): docs/evidence.md, points 8 to 10, says what each is for.
+# What the videos show: 'actions' (the 3D demo's), 'staged' (a wallpaper identity, the phases
+# on a stage), 'stills' (every frame the middle frame of the actions video) and 'scenes' (the
+# demo's): docs/data.md, section 5.
 VARIANTS = ('actions', 'staged', 'stills', 'scenes')
 GENERATOR_FILE = 'generator.json'
 DEFAULT_TEST_FRACTION = 0.25
@@ -534,8 +534,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--variant', choices=VARIANTS, default='scenes',
                       help="'scenes': the demo's videos (a still scene that hints at the class, "
                       "the phases on a stage, white grains that tell the time); 'actions': the "
-                      "earlier demo's videos (the 3D demo's); 'staged' and 'stills': controls "
-                      '(docs/evidence.md, points 8 to 10)')
+                      "3D demo's videos; 'staged' and 'stills': controls for the contrastive "
+                      'terms (docs/data.md, section 5)')
   args = parser.parse_args(argv)
   generate(args.out, seed=args.seed, num_classes=args.num_classes,
            videos_per_class=args.videos_per_class, test_fraction=args.test_fraction,

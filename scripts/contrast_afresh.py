@@ -28,7 +28,6 @@ frames as itself, or as its video. With --split_inter_by_phase (videos of
 ``input_pipeline.synthetic`` generated with --generator_seed) the k2/k3 rows are also scored
 apart by whether the two frames play the same phase (the generator, rerun, says which phase
 each frame plays).
-docs/evidence.md reports what it showed.
 """
 
 from __future__ import annotations

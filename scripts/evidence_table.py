@@ -1,4 +1,5 @@
-"""Evidence of learning on the synthetic dataset, with the demo's budget: writes docs/evidence.md.
+"""Evidence of learning on the synthetic dataset, with the demo's budget: writes the tables
+of docs/evidence.md.
 
   python scripts/evidence_table.py --seeds=0,1,2 --out=runs/evidence
 
@@ -197,16 +198,32 @@ def main():
                                                ('supervised_seeds', args.supervised_seeds))
       if value is not None)
   minutes = (time.time() - start) / 60
-  with open(os.path.join(REPO, args.doc), 'w') as f:
-    f.write(EVIDENCE_TEMPLATE.format(
-        table=table, accuracies=accuracies, seeds=args.seeds, minutes=minutes, curves_name=os.path.basename(CURVES),
-        command=f'python scripts/evidence_table.py --seeds={args.seeds}{flags}'))
+  write_generated_part(os.path.join(REPO, args.doc), EVIDENCE_TEMPLATE.format(
+      table=table, accuracies=accuracies, seeds=args.seeds, minutes=minutes,
+      curves_name=os.path.basename(CURVES),
+      command=f'python scripts/evidence_table.py --seeds={args.seeds}{flags}'))
   print(table, accuracies, sep='\n\n')
 
 
-EVIDENCE_TEMPLATE = """# Evidence of learning on the synthetic dataset
+def write_generated_part(doc_path, generated):
+  """Puts ``generated`` between the doc's markers, keeping the hand-written text around them
+  (a doc without markers is written afresh: title and generated part)."""
+  text = ''
+  if os.path.exists(doc_path):
+    with open(doc_path) as f:
+      text = f.read()
+  if GENERATED_BEGIN in text and GENERATED_END in text:
+    head, rest = text.split(GENERATED_BEGIN, 1)
+    tail = rest.split(GENERATED_END, 1)[1]
+  else:
+    head, tail = '# Evidence of learning on the synthetic dataset\n\n', '\n'
+  with open(doc_path, 'w') as f:
+    f.write(f'{head}{GENERATED_BEGIN}\n{generated}{GENERATED_END}{tail}')
 
-Regenerate (about {minutes:.0f} minutes on 2 CPU cores): `{command}`
+
+GENERATED_BEGIN = '<!-- written by scripts/evidence_table.py: begin -->'
+GENERATED_END = '<!-- written by scripts/evidence_table.py: end -->'
+EVIDENCE_TEMPLATE = """Regenerate (about {minutes:.0f} minutes on 2 CPU cores): `{command}`
 
 Every encoder is the demo's network (configs/demo.py: quarter-width ResNet-18, 96 px) on the
 embedded synthetic dataset (the scenes videos: 12 classes, 288 training and 96 test videos;
