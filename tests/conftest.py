@@ -20,7 +20,7 @@ FAST_COMPILE_FLAGS = ('--xla_backend_optimization_level=0 --xla_llvm_disable_exp
                       ' --xla_cpu_use_fusion_emitters=false')
 os.environ.setdefault('XLA_FLAGS', f'--xla_force_host_platform_device_count=8 {FAST_COMPILE_FLAGS}')
 # Many tests (and the CLI runs they start as subprocesses, which inherit the environment)
-# compile the same tiny train step; a compilation cache shared by the session compiles it once.
+# compile the same tiny train step; a compilation cache shared by the test run compiles it once.
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _cache_dir = tempfile.mkdtemp(prefix='vclr_jax_test_compilations_')
   atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)

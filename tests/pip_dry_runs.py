@@ -1,7 +1,7 @@
 """`pip install --dry-run` of each accelerator requirement file, started early and read later.
 
 The resolutions spend about 80 s waiting on the package index. tests/conftest.py starts them
-when the session begins (`start`), so that the wait overlaps the CPU-bound tests, and
+when the test run begins (`start`), so that the wait overlaps the CPU-bound tests, and
 tests/test_requirements.py reads their results (`result`).
 
   python tests/pip_dry_runs.py REQUIREMENTS_FILE OUT_DIR   # one resolution, as `start` runs it
@@ -15,7 +15,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACCELERATOR_FILES = {'requirements-cuda.txt': 'jax-cuda12-plugin', 'requirements-tpu.txt': 'libtpu'}
-ENV_VAR = 'VCLR_JAX_PIP_DRY_RUNS'  # the folder of the session's resolutions
+ENV_VAR = 'VCLR_JAX_PIP_DRY_RUNS'  # the folder of the test run's resolutions
 
 
 def start(out_dir):

@@ -25,7 +25,7 @@ def manager_for(path, config):
 
 
 def test_round_trip_is_bit_exact_for_every_leaf(tmp_path):
-  # The step test_train_step.py compiles for its optimiser tests (the session's compilation
+  # The step test_train_step.py compiles for its optimiser tests (the test run's compilation
   # cache): bfloat16 compute, a float32 state; without momentum the optimizer's trace holds
   # the last gradient.
   config = tiny_config(**SGD_CONFIG)

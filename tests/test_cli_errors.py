@@ -1,4 +1,4 @@
-"""Short errors (issue 16): a user's mistake at any entry point gives at most 5 lines on stderr,
+"""Short errors: a user's mistake at any entry point gives at most 5 lines on stderr,
 exit status 2, and a last line naming the key or path; a bad config writes nothing."""
 
 import errno

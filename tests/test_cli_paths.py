@@ -1,4 +1,4 @@
-"""Paths anywhere (issue 10): a run's config.json, evaluation feature cache, checkpoint
+"""Paths anywhere: a run's config.json, evaluation feature cache, checkpoint
 lookup, results table, pictures and PyTorch exports on a non-local filesystem that needs no
 network.
 

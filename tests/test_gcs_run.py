@@ -1,4 +1,4 @@
-"""Paths anywhere (issue 10): a short run whose workdir is a gs:// bucket, resumed from its
+"""Paths anywhere: a short run whose workdir is a gs:// bucket, resumed from its
 checkpoint there.
 
 The bucket is a GCS emulator on loopback (gcp-storage-emulator, in memory, no network).

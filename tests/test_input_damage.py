@@ -1,4 +1,4 @@
-"""Damaged records (issue 16): skipped, counted, named, deterministic; verify; prepare reruns.
+"""Damaged records: skipped, counted, named, deterministic; verify; prepare reruns.
 
 One tiny prepared set (12 videos of 6 frames, 3 per shard); copies of it get one shard damaged
 three ways. Six frames per video means the training reader samples every frame, so which

@@ -1,4 +1,4 @@
-"""Records on a filesystem other than the local disk (issue 10.4): TensorFlow's ram://.
+"""Records on a filesystem other than the local disk: TensorFlow's ram://.
 
 Preparation writes there and the readers read back, through tf.io.gfile only; everything must
 equal the same records prepared on the local disk.

@@ -22,7 +22,7 @@ def pins(path):
 
 @pytest.fixture(scope='module')
 def dry_runs_dir(tmp_path_factory):
-  """Where the session's resolutions write (tests/conftest.py starts them), or new ones."""
+  """Where the test run's resolutions write (tests/conftest.py starts them), or new ones."""
   if pip_dry_runs.ENV_VAR in os.environ:
     return os.environ[pip_dry_runs.ENV_VAR]
   out_dir = str(tmp_path_factory.mktemp('pip_dry_runs'))

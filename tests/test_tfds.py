@@ -158,7 +158,7 @@ def test_the_evaluation_reader_reads_the_same_videos_from_both(tfds_dir, tfds_da
 def test_a_short_training_run_reads_the_tfds_dataset(tfds_dir, tfds_data_dir, tmp_path):
   from vclr_jax import train
   # One step per epoch and 3 epochs, as the training run of test_input_damage.py: the same
-  # state initialisation and train step, which the session's compilation cache compiles once.
+  # state initialisation and train step, which the test run's compilation cache compiles once.
   # Measured on 2 busy cores: 42 s alone, 23 of them initialising and compiling; 21 s after
   # that test.
   config = tiny_config(**{'data.source': 'tfds', 'data.tfds_name': TFDS_NAME,

@@ -98,7 +98,7 @@ def sync_float64_config():
 
 
 # One config for the tests of the optimiser, EMA, skipped steps and bfloat16 compute, so that
-# they share one compiled step (test_checkpointing.py's too, through the session's compilation
+# they share one compiled step (test_checkpointing.py's too, through the test run's compilation
 # cache): plain SGD (the applied learning rate is |update| / |gradient|), the released EMA
 # momentum, and a learning rate at which the first warm-up step (lr / 100) moves the online
 # weights visibly. The computation runs in bfloat16; parameters, gradients, optimizer state and
