@@ -16,12 +16,19 @@ it measures in one run:
 - a PIL + torchvision loader doing the MoCo v2 work of the authors' code per video (six frame
   files decoded, seven crops with RandomResizedCrop, ColorJitter, RandomGrayscale, blur,
   flip, ToTensor, Normalize), one process, when the frame folders are at hand;
-- placement of in-memory uint8 batches as global arrays (vclr_jax.global_batches.to_global).
+- placement of in-memory uint8 batches as global arrays: vclr_jax.global_batches.to_global
+  against jax.make_array_from_process_local_data (and, in one process, jax.device_put with the
+  batch's sharding), the paths interleaved round by round.
 Its last line is ``host videos/s per core: X (floor Y, ratio Z)``.
 
 ``--placement_only`` times the last item alone, on random batches of ``--frame_size``, and
 needs no TensorFlow: on an accelerator machine it is the host-to-device placement speed that
-the reader has to feed.
+the reader has to feed. ``--batch_size`` is then the global batch. With ``--processes=N`` it
+starts N processes of ``--devices_per_process`` forced CPU devices on loopback, one JAX job,
+each placing its slice; a path's rate is the global batch over the slowest process's time:
+
+  python benchmarks/input_pipeline.py --placement_only --processes=2 --devices_per_process=4 \
+      --batch_size=128 --rounds=15
 """
 
 from __future__ import annotations
@@ -156,18 +163,97 @@ def time_pil_loader(frames_root, videos, num_frames, examples, image_size):
   return examples / (time.perf_counter() - start)
 
 
-def time_placement(batch, repeats=20):
-  """Host uint8 batches placed as global arrays over this process's devices, alone."""
+def placement_paths(batch, mesh) -> dict:
+  """Name -> a function placing this host's ``batch`` as global arrays over ``mesh``."""
   import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
   from vclr_jax.global_batches import to_global
+  sharding = NamedSharding(mesh, P('data'))
+  paths = {
+      'to_global: device_put per device + make_array_from_single_device_arrays':
+          lambda: to_global(batch, mesh),
+      'make_array_from_process_local_data (multi-host path before)':
+          lambda: {name: jax.make_array_from_process_local_data(sharding, value)
+                   for name, value in batch.items()},
+  }
+  if jax.process_count() == 1:
+    paths['device_put(batch, sharding) (one-process path before)'] = (
+        lambda: jax.device_put(batch, sharding))
+  return paths
+
+
+def time_placement(batch, rounds: int, repeats: int = 4) -> dict[str, list[float]]:
+  """Seconds per placement of this host's ``batch`` by each path, ``rounds`` times, the paths
+  interleaved; each round queues ``repeats`` placements (as prefetch_to_mesh does) and waits."""
+  import jax
   from vclr_jax.train_step import make_mesh
-  mesh = make_mesh()
-  jax.block_until_ready(to_global(batch, mesh))
-  start = time.perf_counter()
-  for _ in range(repeats):
-    placed = to_global(batch, mesh)
-  jax.block_until_ready(placed)
-  return repeats * len(batch['anchor']) / (time.perf_counter() - start), mesh.size
+  paths = placement_paths(batch, make_mesh())
+  for place in paths.values():
+    jax.block_until_ready(place())
+  seconds = {name: [] for name in paths}
+  for _ in range(rounds):
+    for name, place in paths.items():
+      start = time.perf_counter()
+      placed = [place() for _ in range(repeats)]
+      jax.block_until_ready(placed)
+      seconds[name].append((time.perf_counter() - start) / repeats)
+      del placed
+  return seconds
+
+
+def report_placement(seconds_per_process: list[dict[str, list[float]]], global_batch: int,
+                     video_bytes: int, devices: int) -> None:
+  """Global videos/s of each path: per round the slowest process's time, then the median."""
+  processes = len(seconds_per_process)
+  print(f'placement of a global batch of {global_batch} videos ({video_bytes / 1e6:.2f} MB of '
+        f'uint8 frames each) over {processes} process(es) x {devices // processes} device(s), '
+        'median of the rounds, paths interleaved:')
+  slowest = {name: np.max([seconds[name] for seconds in seconds_per_process], axis=0)
+             for name in seconds_per_process[0]}
+  first = next(iter(slowest))
+  for name, rounds in slowest.items():
+    rate = global_batch / float(np.median(rounds))
+    versus = ('' if name == first else
+              f', to_global {float(np.median(rounds / slowest[first])):.2f}x as fast (median of '
+              'the rounds\' ratios)')
+    print(f'  {name}: {rate:.0f} videos/s ({rate * video_bytes / 1e9:.2f} GB/s){versus}')
+
+
+def placement_worker(spec: str, global_batch: int, height: int, width: int, rounds: int) -> None:
+  """One process of a --processes run: joins the job, times its own slice, prints JSON."""
+  import json
+  import jax
+  from vclr_jax import batch as batch_layout
+  port, process_id, processes = (int(v) for v in spec.split(':'))
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}', num_processes=processes,
+                             process_id=process_id)
+  batch = batch_layout.random_batch(global_batch // processes, (height, width), seed=process_id)
+  print('PLACEMENT ' + json.dumps(time_placement(batch, rounds)), flush=True)
+
+
+def run_placement_processes(args, height: int, width: int) -> None:
+  """--processes workers of --devices_per_process forced CPU devices each, on loopback."""
+  import json
+  import socket
+  import subprocess
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={args.devices_per_process}')
+  workers = [subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), '--placement_only',
+       f'--placement_worker={port}:{i}:{args.processes}', f'--batch_size={args.batch_size}',
+       f'--frame_size={args.frame_size}', f'--rounds={args.rounds}'], env=env, stdout=subprocess.PIPE, text=True)
+      for i in range(args.processes)]
+  outputs = [worker.communicate()[0] for worker in workers]
+  if any(worker.returncode for worker in workers):
+    sys.exit(f'a placement worker failed: {[worker.returncode for worker in workers]}')
+  seconds = [json.loads(line.split(' ', 1)[1]) for output in outputs
+             for line in output.splitlines() if line.startswith('PLACEMENT ')]
+  report_placement(seconds, args.batch_size, 6 * height * width * 3,
+                   args.processes * args.devices_per_process)
 
 
 def main(argv=None) -> None:
@@ -185,15 +271,27 @@ def main(argv=None) -> None:
   parser.add_argument('--image_size', type=int, default=224, help='crop size (PIL loader)')
   parser.add_argument('--placement_only', action='store_true',
                       help='time only the placement of random in-memory batches (no TensorFlow)')
+  parser.add_argument('--processes', type=int, default=1,
+                      help='--placement_only: this many processes on loopback, one JAX job')
+  parser.add_argument('--devices_per_process', type=int, default=4,
+                      help='--placement_only with --processes > 1: forced CPU devices each')
+  parser.add_argument('--rounds', type=int, default=9,
+                      help='placement: timed rounds per path, interleaved (the median is printed)')
+  parser.add_argument('--placement_worker', default='', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   width, height = (int(v) for v in args.frame_size.split('x'))
+  if args.placement_worker:
+    placement_worker(args.placement_worker, args.batch_size, height, width, args.rounds)
+    return
+  if args.placement_only and args.processes > 1:
+    run_placement_processes(args, height, width)
+    return
   if args.placement_only:
+    import jax
     from vclr_jax import batch as batch_layout
     batch = batch_layout.random_batch(args.batch_size, (height, width), seed=0)
-    placed, devices = time_placement(batch)
-    print(f'placement of {args.batch_size} x {batch["frames"][0].nbytes / 1e6:.2f} MB '
-          f'{width}x{height} examples -> global arrays over {devices} device(s): '
-          f'{placed:.0f} videos/s ({placed * batch["frames"][0].nbytes / 1e9:.2f} GB/s)')
+    report_placement([time_placement(batch, args.rounds)], args.batch_size,
+                     batch['frames'][0].nbytes, jax.device_count())
     return
   cores = pin_cores(args.cores)
   tf = configure_tensorflow(cores)
@@ -231,9 +329,9 @@ def main(argv=None) -> None:
         f' MB, {record_bytes / read:.1f}x more)')
   print(f'bytes shipped per example: {shipped / 1e6:.3f} MB (uint8 frames; float32 crops of '
         f'7 x {args.image_size} px would be {7 * args.image_size ** 2 * 12 / 1e6:.2f} MB)')
-  placed, devices = time_placement(batch)
-  print(f'placement alone (in-memory batches -> global arrays over {devices} device(s)): '
-        f'{placed:.0f} videos/s')
+  import jax
+  report_placement([time_placement(batch, args.rounds)], args.batch_size,
+                   batch['frames'][0].nbytes, jax.device_count())
   if frames_root:
     pil = time_pil_loader(frames_root, args.videos, args.num_frames,
                           max(16, args.batch_size), args.image_size)

@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.ema_momentum = 0.99
   config.model.depth = 18
   config.model.width_multiplier = 0.25
+  # float32: on CPUs bfloat16 is slower (a 3x3 convolution of 32 x 56 x 56 x 64 on this
+  # project's 2-core CPU: 0.107 s in bfloat16, 0.079 s in float32), and the demo's figures and
+  # the test suite built on this config were measured in float32.
+  config.model.compute_dtype = 'float32'
   config.optim.warmup_epochs = 2
   config.checkpoint.every_steps = 100
   config.log_every_steps = 15

@@ -46,7 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.width_multiplier = 1.0
   config.model.embed_dim = 128
   config.model.order_norm = 'per_frame'  # 'over_frames' reproduces the released code's quirk
-  config.model.compute_dtype = 'float32'  # or 'bfloat16' (parameters stay float32)
+  # Convolutions and activations in bfloat16; parameters, BN statistics, the heads, losses,
+  # queues and optimiser state stay float32 (docs/training.md, Precision). 'float32': all
+  # float32.
+  config.model.compute_dtype = 'bfloat16'
   config.model.online_bn = 'per_device'  # or 'sync'
   config.model.key_bn = 'shuffle'  # or 'sync'
   # Which frames share a BN batch (docs/training.md, BatchNorm): 'fused' (one 6B key
@@ -91,4 +94,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = ''
   config.require_init_from = False  # True: the run refuses to start without init_from
   config.max_nonfinite_in_a_row = 20
+
+  # A jax.profiler trace of steps start_step to start_step + num_steps - 1, written by
+  # process 0 to WORKDIR/profile/ (TensorBoard's profile plugin, Perfetto). 0 steps: off.
+  config.profile = ml_collections.ConfigDict()
+  config.profile.start_step = 10
+  config.profile.num_steps = 0
   return config

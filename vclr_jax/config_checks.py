@@ -166,6 +166,18 @@ def _size_problems(config) -> list[str]:
   return problems
 
 
+def _profile_problems(config) -> list[str]:
+  """config.profile: a window of whole steps (num_steps 0 is off)."""
+  start, count = config.profile.start_step, config.profile.num_steps
+  if not (isinstance(count, int) and count >= 0):
+    return [f'config.profile.num_steps={count!r} must be a whole number of steps, 0 (off) or '
+            'more: e.g. 5.']
+  if count and not (isinstance(start, int) and start >= 1):
+    return [f'config.profile.start_step={start!r} must be a step of the run, 1 or later (after '
+            'the first steps, which compile): e.g. 10.']
+  return []
+
+
 def _layout_problems(config, num_devices: int, num_processes: int) -> list[str]:
   """Divisibility over devices and hosts, and the queue blocks (the step's own checks)."""
   if not config.batch_size > 0:
@@ -213,7 +225,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
                     num_processes: int) -> None:
   """Raises ConfigError listing every problem of a pretraining config; writes nothing."""
   problems = _choice_problems(config) + _size_problems(config)
-  problems += clip_config_problems(config)
+  problems += clip_config_problems(config) + _profile_problems(config)
   problems += _layout_problems(config, num_devices, num_processes) + _path_problems(config)
   if problems:
     raise ConfigError(problems)

@@ -1,9 +1,9 @@
 """Per-host NumPy batches in, global jax.Arrays sharded over the data axis out, prefetched.
 
-Every host passes its own slice of the global batch; ``jax.make_array_from_process_local_data``
-stitches the slices of all hosts into one array sharded over the mesh's ``data`` axis (a
-single process places its batch with ``jax.device_put``), so
-the same code runs on one CPU, one GPU, 8 devices or a pod. A background thread keeps a few
+Every host passes its own slice of the global batch and places it on its own devices: one
+``jax.device_put`` of each device's rows, then ``jax.make_array_from_single_device_arrays``
+joins the shards of all hosts into one array sharded over the mesh's ``data`` axis. One
+process or many, one device or a pod, it is the same code. A background thread keeps a few
 batches on the devices ahead of the train step, overlapping host-to-device copies with
 compute.
 """
@@ -20,14 +20,30 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 def to_global(host_batch: dict[str, np.ndarray], mesh: Mesh, axis: str = 'data') -> dict[str, jax.Array]:
+  """This host's rows of every leaf, placed on its devices of ``mesh``, as global arrays.
+
+  The host's rows go to its devices in the order of the global rows those hold, as with
+  ``jax.make_array_from_process_local_data``, the path multi-host runs took before: on an
+  H200 (one process) it placed 906 K400 videos/s, below the train step's 1,160, and
+  ``jax.device_put`` 14,030 (README, Benchmarks). benchmarks/input_pipeline.py
+  --placement_only times both paths.
+  """
   sharding = NamedSharding(mesh, P(axis))
-  if jax.process_count() == 1:
-    # The whole batch is this process's. device_put queues its copies: on an H200, with
-    # placements queued as in prefetch_to_mesh, make_array_from_process_local_data placed
-    # 906 K400 videos/s (the train step runs 1,160), device_put 14,030 (README, Benchmarks).
-    return jax.device_put(host_batch, sharding)
-  return {name: jax.make_array_from_process_local_data(sharding, value)
-          for name, value in host_batch.items()}
+  return {name: _place(value, sharding) for name, value in host_batch.items()}
+
+
+def _place(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  local_devices = len(sharding.mesh.local_devices)
+  if value.shape[0] % local_devices:
+    raise ValueError(f'A host batch of {value.shape[0]} rows does not split over this host\'s '
+                     f'{local_devices} devices.')
+  rows = value.shape[0] // local_devices
+  global_shape = (rows * sharding.mesh.size,) + value.shape[1:]
+  # This host's devices in the order of the global rows they hold.
+  placed_rows = sharding.addressable_devices_indices_map(global_shape)
+  devices = sorted(placed_rows, key=lambda device: placed_rows[device][0].start or 0)
+  shards = jax.device_put([value[i * rows:(i + 1) * rows] for i in range(local_devices)], devices)
+  return jax.make_array_from_single_device_arrays(global_shape, sharding, shards)
 
 
 def prefetch_to_mesh(host_batches: Iterable[dict[str, np.ndarray]], mesh: Mesh,

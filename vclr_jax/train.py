@@ -15,6 +15,7 @@ from vclr_jax import batch as batch_layout
 from vclr_jax import checkpointing
 from vclr_jax import config_checks
 from vclr_jax import global_batches
+from vclr_jax import profiling
 from vclr_jax import train_state as train_state_lib
 from vclr_jax import train_step as train_step_lib
 from vclr_jax import training_loop
@@ -179,6 +180,32 @@ def nonfinite_guard(max_in_a_row: int, describe_stop):
   return check
 
 
+def previous_run_model(workdir: str, restored) -> ml_collections.ConfigDict | None:
+  """config.model of the run's previous start (its config.json) when resuming, else None."""
+  if restored is None:
+    return None
+  try:
+    return checkpointing.load_run_config(workdir).model
+  except FileNotFoundError:
+    return None
+
+
+def shuffle_bn_line(model: ml_collections.ConfigDict, num_devices: int,
+                    previous: ml_collections.ConfigDict | None = None) -> str:
+  """The key encoder's BN batches on ``num_devices`` (resolved config.model), and whether they
+  changed from the ``previous`` run's (a resume on another device count)."""
+  if model.key_bn != 'shuffle':
+    return f'Key encoder BN: statistics synchronised over the {num_devices} devices.'
+  layout = (model.shuffle_bn_devices, model.shuffle_bn_groups_per_device)
+  line = (f'Shuffle-BN on {num_devices} devices: keys mixed among {layout[0]} neighbouring '
+          f'devices, {layout[1]} BN groups per device')
+  if previous is not None and previous.get('key_bn') == 'shuffle':
+    before = (previous.get('shuffle_bn_devices'), previous.get('shuffle_bn_groups_per_device'))
+    if before != layout:
+      line += (f'; recomputed for {num_devices} devices (the run\'s previous start, '
+               f'config.json: {before[0]} neighbouring devices, {before[1]} groups per device)')
+  return line + '.'
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        argv: Sequence[str] | None = None) -> dict[str, float]:
   """Trains (resuming from ``workdir`` if it holds a checkpoint); returns the last logged metrics.
@@ -213,6 +240,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # The initial state is a checkpoint too: a divergence in the first steps of a run, whose
     # first saved step may already hold blown-up weights, can go back to it.
     checkpointing.save(manager, 0, state, force=True)
+  # Before config.json is rewritten: it still holds the previous start's resolved layout.
+  logging.info(shuffle_bn_line(config.model, mesh.size, previous_run_model(workdir, restored)))
   if jax.process_index() == 0:
     checkpointing.write_run_config(workdir, config)
   start_step = int(jax.device_get(state.step))
@@ -245,7 +274,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           'nonfinite_total': float(jax.device_get(s.nonfinite_total)),
           # this host's reader (input_pipeline/damage.py); in-memory data has none
           'skipped_examples': float(getattr(host_iterator, 'skipped_examples', 0))},
-      host_stop=lambda: getattr(host_iterator, 'stop_error', None))
+      host_stop=lambda: getattr(host_iterator, 'stop_error', None),
+      profile=profiling.ProfileWindow.from_config(workdir, config.profile, logging.info))
   if result.stopped_by is None and jax.process_index() == 0:
     from vclr_jax import plots  # matplotlib and tensorboard, once at the end
     logging.info('Training curves: %s', plots.write_curves(workdir))

@@ -37,6 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vclr_jax import checkpointing
 from vclr_jax import cli_errors
+from vclr_jax import profiling
 
 
 # What the per-step all-reduce carries from each host; the largest wins.
@@ -98,7 +99,8 @@ def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: i
         describe: Callable[[int, dict[str, float]], str], log: Callable[[str], None],
         writer=None, check_previous: Callable[[int, dict], None] | None = None,
         window_extras: Callable[[Any], dict[str, float]] | None = None,
-        host_stop: Callable[[], BaseException | None] | None = None) -> LoopResult:
+        host_stop: Callable[[], BaseException | None] | None = None,
+        profile: profiling.ProfileWindow | None = None) -> LoopResult:
   """Trains from ``start_step`` to ``total_steps``; returns the state, last logged means, stop.
 
   Args:
@@ -110,7 +112,10 @@ def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: i
     host_stop: ``() -> error or None``, polled every step: an error this host's input wants
       to end the run with. Every host saves the same step, then this host raises the error
       and the others StoppedByAnotherHost.
+    profile: traces its window of steps (config.profile); stopped when the loop ends.
   """
+  profile = profile or profiling.ProfileWindow.off()
+  profile.check_start(start_step + 1)
   stop = StopRequested()
   quiet = _QuietAfterDiskFull()
   logging.get_absl_logger().addFilter(quiet)
@@ -122,13 +127,14 @@ def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: i
                 start_step=start_step, total_steps=total_steps, batch_size=batch_size,
                 log_every_steps=log_every_steps, describe=describe, log=log, writer=writer,
                 check_previous=check_previous, window_extras=window_extras,
-                host_stop=host_stop or (lambda: None))
+                host_stop=host_stop or (lambda: None), profile=profile)
   except Exception as error:  # pylint: disable=broad-except
     if cli_errors.is_disk_full(error):
       raise disk_full_error(manager, error) from error
     _finish(manager, writer)  # saves in flight complete before the error ends the run
     raise
   finally:
+    profile.stop()
     stop.restore()
     logging.get_absl_logger().removeFilter(quiet)
     sys.unraisablehook, sys.excepthook = previous_hooks
@@ -188,14 +194,16 @@ def disk_full_error(manager, error: BaseException) -> cli_errors.DiskFullError:
 def _run(stop: StopRequested, *, step_fn, state, batches: Iterator, manager, mesh: Mesh,
          start_step: int, total_steps: int, batch_size: int, log_every_steps: int,
          describe: Callable[[int, dict[str, float]], str], log: Callable[[str], None],
-         writer, check_previous, window_extras, host_stop) -> LoopResult:
+         writer, check_previous, window_extras, host_stop, profile) -> LoopResult:
   any_host = make_any_host(mesh)
   pending, last_metrics, previous, previous_stop = [], {}, None, None
   stop_code = _NO_STOP
   stopped_by = None
   window_start, window_steps = time.time(), 0
   for step in range(start_step + 1, total_steps + 1):
+    profile.before_step(step, state)
     state, metrics = step_fn(state, next(batches))
+    profile.after_step(step, state)
     stop_now = any_host(_HOST_ERROR if host_stop() is not None
                         else _SIGNAL if stop.signal is not None else _NO_STOP)
     if check_previous is not None and previous is not None:
