@@ -46,6 +46,10 @@ TFDS_EXAMPLE = 'tfds_example'  # python -m input_pipeline.vclr_videos (TFDS)
 # The TFDS dataset: its name, the file TFDS writes into every built version folder, and the
 # feature that holds each record field: serialize_video's argument of the same value.
 TFDS_NAME = 'vclr_videos'
+# Its configs and current version. The builder (input_pipeline/vclr_videos/) defines one config
+# of each name and takes its version from here: the builder uses this module, never the reverse.
+TFDS_CONFIGS = ('kinetics400', 'ucf101_split1', 'hmdb51_split1', 'folder')
+TFDS_VERSION = '1.0.0'
 TFDS_INFO_FILENAME = 'dataset_info.json'
 # config.data.tfds_name: TFDS's 'name/config[:version]' (a version is x.y.z, no wildcards).
 TFDS_NAME_PATTERN = re.compile(rf'{TFDS_NAME}/(?P<config>\w+)(:(?P<version>\d+\.\d+\.\d+))?')
@@ -214,18 +218,15 @@ def tfds_version_dir(tfds_name: str, data_dir: str) -> str:
   """
   import tensorflow as tf
   import tensorflow_datasets as tfds
-  from input_pipeline.vclr_videos import vclr_videos_dataset_builder
-  builder = vclr_videos_dataset_builder.Builder
-  configs = [config.name for config in builder.BUILDER_CONFIGS]
   match = TFDS_NAME_PATTERN.fullmatch(tfds_name)
-  if not match or match['config'] not in configs:
+  if not match or match['config'] not in TFDS_CONFIGS:
     raise cli_errors.UserError(
         f"config.data.tfds_name={tfds_name!r} is not a config of the TFDS dataset {TFDS_NAME}: "
         f"with config.data.source='tfds', give {TFDS_NAME}/<config>[:<version>], <config> one "
-        f'of {", ".join(configs)}.')
+        f'of {", ".join(TFDS_CONFIGS)}.')
   data_dir = data_dir or tfds.core.constants.DATA_DIR
   config_dir = os.path.join(data_dir, TFDS_NAME, match['config'])
-  version_dir = os.path.join(config_dir, match['version'] or str(builder.VERSION))
+  version_dir = os.path.join(config_dir, match['version'] or TFDS_VERSION)
   if not tf.io.gfile.exists(os.path.join(version_dir, TFDS_INFO_FILENAME)):
     built = sorted(os.path.basename(os.path.dirname(path)) for path in
                    tf.io.gfile.glob(os.path.join(config_dir, '*', TFDS_INFO_FILENAME)))

@@ -122,7 +122,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """Videos as JPEG frames with their label and source fields, as prepared records hold them."""
 
   # Bump it when preparation's decoding or a config's options change what a video gives.
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version(records.TFDS_VERSION)
   RELEASE_NOTES = {
       '1.0.0': 'First release: the examples of python -m input_pipeline.prepare (configs '
                'kinetics400, ucf101_split1, hmdb51_split1, folder), a frame index beside every '
