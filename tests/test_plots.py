@@ -44,3 +44,30 @@ def test_curves_have_one_panel_per_term_and_overlay_runs(tmp_path):
     with Image.open(png) as image:
       # Seven panels: two rows of plots.PANEL_COLUMNS at 4 x 2.8 inches, 80 dpi.
       assert image.size == (plots.PANEL_COLUMNS * 4 * 80, 2 * 2.8 * 80)
+
+
+def test_constantly_zero_terms_get_no_panel_but_a_line_under_the_figure(tmp_path):
+  writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(tmp_path / 'a')))
+  for step in (5, 10, 15):
+    writer.write_scalars(step, {'loss': 10.0 - step / 5, 'inter_acc': step / 20,
+                                'skipped_examples': 0.0, 'nonfinite_total': 0.0,
+                                'skipped_nonfinite': float(step == 10)})
+  writer.close()
+  tags = plots.plot_runs({'a': str(tmp_path / 'a')}, str(tmp_path / 'a.png'))
+  # skipped_nonfinite is zero but once: it keeps its panel.
+  assert tags == ['loss', 'inter_acc', 'skipped_nonfinite']
+  with Image.open(tmp_path / 'a.png') as image:
+    pixels = np.asarray(image.convert('L'))
+  # One row of panels and the strip under it, whose line of text darkens some pixels.
+  note_rows = round(plots.NOTE_INCHES * 80)
+  assert pixels.shape == (round(plots.PANEL_INCHES[1] * 80) + note_rows,
+                          plots.PANEL_COLUMNS * plots.PANEL_INCHES[0] * 80)
+  assert (pixels[-note_rows:] < 128).any()
+
+
+def test_a_run_whose_every_term_is_zero_still_draws_them(tmp_path):
+  writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(tmp_path)))
+  writer.write_scalars(1, {'skipped_examples': 0.0, 'nonfinite_total': 0.0})
+  writer.close()
+  assert plots.plot_runs({'a': str(tmp_path)}, str(tmp_path / 'a.png')) == [
+      'nonfinite_total', 'skipped_examples']

@@ -8,7 +8,9 @@ SummaryWriter, which stores each scalar as a tensor event of TensorBoard's scala
 Pretraining logs its four loss terms and their total, their four accuracies, the learning
 rate, the gradient norm, throughput and the non-finite counters; fine-tuning logs loss,
 accuracy and throughput. Every tag gets its own panel: losses first, then accuracies, the
-learning rate, and the rest by name. Several runs are overlaid in the same panels.
+learning rate, and the rest by name. Several runs are overlaid in the same panels. A tag that
+is zero at every step of every run (no skipped examples, no non-finite steps) gets no panel;
+one line under the figure names those tags.
 
 matplotlib and tensorboard are imported inside the functions, so importing this module costs
 nothing in the trainer.
@@ -26,6 +28,8 @@ from etils import epath
 
 CURVES_FILENAME = 'curves.png'
 PANEL_COLUMNS = 4
+PANEL_INCHES = (4, 2.8)  # width, height
+NOTE_INCHES = 0.4  # the strip under the panels that names the constantly zero tags
 SCALARS_PLUGIN = 'scalars'
 
 
@@ -75,11 +79,17 @@ def panel_order(tag: str) -> tuple[int, str]:
   return rank, tag
 
 
+def constantly_zero(runs: Mapping[str, dict], tag: str) -> bool:
+  """Whether ``tag`` is 0 at every logged step of every run that logs it."""
+  return all(not np.any(curves[tag][1]) for curves in runs.values() if tag in curves)
+
+
 def plot_runs(workdirs: Mapping[str, str], out: str) -> list[str]:
   """Draws every run's curves into ``out`` (PNG); returns the panel titles (the tags), in order.
 
   ``workdirs`` maps a legend label to a run directory; a run without a tag leaves that panel
-  to the others.
+  to the others. Tags that are constantly zero get no panel and are named under the figure
+  (unless every tag is).
   """
   import matplotlib
   matplotlib.use('Agg')  # files only; no display on training machines
@@ -90,9 +100,16 @@ def plot_runs(workdirs: Mapping[str, str], out: str) -> list[str]:
   if not tags:
     raise ValueError(f'No scalars in the event files of {", ".join(workdirs.values())}: has the '
                      'run logged a step yet (config.log_every_steps)?')
+  zero = [tag for tag in tags if constantly_zero(runs, tag)]
+  if len(zero) < len(tags):
+    tags = [tag for tag in tags if tag not in zero]
+  else:
+    zero = []
   rows = -(-len(tags) // PANEL_COLUMNS)
-  figure, axes = plt.subplots(rows, PANEL_COLUMNS, figsize=(4 * PANEL_COLUMNS, 2.8 * rows),
-                              squeeze=False)
+  note = NOTE_INCHES if zero else 0.0
+  height = PANEL_INCHES[1] * rows + note
+  figure, axes = plt.subplots(rows, PANEL_COLUMNS,
+                              figsize=(PANEL_INCHES[0] * PANEL_COLUMNS, height), squeeze=False)
   for axis, tag in zip(axes.flat, tags):
     for label, curves in runs.items():
       if tag in curves:
@@ -106,7 +123,10 @@ def plot_runs(workdirs: Mapping[str, str], out: str) -> list[str]:
       axis.legend(fontsize=7)
   for axis in axes.flat[len(tags):]:
     axis.remove()
-  figure.tight_layout()
+  figure.tight_layout(rect=(0, note / height, 1, 1))
+  if zero:
+    figure.text(0.01, note / height / 2, f'Zero at every step, not drawn: {", ".join(zero)}.',
+                va='center', fontsize=10)
   epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
   with epath.Path(out).open('wb') as f:
     figure.savefig(f, format='png', dpi=80)
