@@ -22,7 +22,7 @@ from vclr_jax.cli_errors import ConfigError
 from vclr_jax.cli_errors import UserError
 from vclr_jax.models import video3d
 from vclr_jax.models.resnet import STAGE_BLOCKS
-from vclr_jax.models.vclr import ARCHITECTURES, ORDER_NORMS
+from vclr_jax.models.vclr import ARCHITECTURES, ORDER_NORMS, has_batch_norm
 
 DATA_SOURCES = ('records', 'tfds', 'in_memory')
 PYTORCH_SUFFIXES = ('.pth', '.pt', '.tar', '.safetensors')  # init_from files read by interop
@@ -58,11 +58,11 @@ def clip_config_problems(config: ml_collections.ConfigDict) -> list[str]:
               if not (isinstance(data[key], int) and data[key] >= 1)]
   if problems:
     return problems
-  if architecture == 'resnet' and data.clip_length > 1:
-    problems.append(f"config.model.architecture='resnet' encodes single frames, but "
+  if architecture not in video3d.ARCHITECTURES and data.clip_length > 1:
+    problems.append(f'config.model.architecture={architecture!r} encodes single frames, but '
                     f'config.data.clip_length={data.clip_length}: set clip_length=1, or a 3D '
                     f"architecture ('r3d_18', 's3d').")
-  if architecture != 'resnet':
+  if architecture in video3d.ARCHITECTURES:
     min_frames, min_pixels = video3d.MIN_CLIP[architecture]
     if data.clip_length == 1:
       problems.append(f'config.model.architecture={architecture!r} encodes clips, but '
@@ -94,7 +94,7 @@ def check_divisibility(config: ml_collections.ConfigDict, num_devices: int) -> N
   if config.batch_size % num_devices:
     raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the number of '
                      f'devices ({num_devices}).')
-  if config.model.key_bn != 'shuffle':
+  if config.model.key_bn != 'shuffle' or not has_batch_norm(config.model.architecture):
     return
   key_frames = train_step_lib.key_pass_frames(config, num_devices)
   devices = train_step_lib.shuffle_bn_devices(config, num_devices)
@@ -178,6 +178,29 @@ def _profile_problems(config) -> list[str]:
   return []
 
 
+# configs/k400.py's BatchNorm settings: the only values a network without BatchNorm accepts.
+BN_DEFAULTS = {'online_bn': 'per_device', 'key_bn': 'shuffle', 'bn_batching': 'fused',
+               'shuffle_bn_devices': 0, 'shuffle_bn_groups_per_device': 0}
+
+
+def _vit_problems(config) -> list[str]:
+  """Settings that have no meaning for the backbone (BatchNorm's for a ViT, the patch
+  projection's for the others) and the choice of optimiser."""
+  model, problems = config.model, []
+  if not has_batch_norm(model.architecture):
+    problems += [f'config.model.{key}={model[key]!r} has no meaning for a network without '
+                 f'BatchNorm ({model.architecture}): leave it at {default!r}.'
+                 for key, default in BN_DEFAULTS.items() if model[key] != default]
+  elif model.get('freeze_patch_embedding', False):
+    problems.append(f'config.model.freeze_patch_embedding freezes a ViT\'s patch projection; '
+                    f'{model.architecture} has none: set it to False.')
+  name = config.optim.get('name', 'sgd')
+  if name not in train_state_lib.OPTIMIZERS:
+    problems.append(f'config.optim.name={name!r} is not one of {train_state_lib.OPTIMIZERS}: '
+                    'pick one of them.')
+  return problems
+
+
 def _layout_problems(config, num_devices: int, num_processes: int) -> list[str]:
   """Divisibility over devices and hosts, and the queue blocks (the step's own checks)."""
   if not config.batch_size > 0:
@@ -225,7 +248,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
                     num_processes: int) -> None:
   """Raises ConfigError listing every problem of a pretraining config; writes nothing."""
   problems = _choice_problems(config) + _size_problems(config)
-  problems += clip_config_problems(config) + _profile_problems(config)
+  problems += clip_config_problems(config) + _profile_problems(config) + _vit_problems(config)
   problems += _layout_problems(config, num_devices, num_processes) + _path_problems(config)
   if problems:
     raise ConfigError(problems)

@@ -16,7 +16,7 @@ import ml_collections
 import optax
 
 from vclr_jax import batch as batch_layout
-from vclr_jax.models.vclr import VCLR
+from vclr_jax.models.vclr import VCLR, vit_spec
 
 
 # float64 exists for numerical checks (two computations compared tightly), not for training.
@@ -54,7 +54,8 @@ def build_model(model_config: ml_collections.ConfigDict, *, bn_groups: int = 1,
   return VCLR(architecture=model_config.get('architecture', 'resnet'), depth=model_config.depth,
               width_multiplier=model_config.width_multiplier,
               embed_dim=model_config.embed_dim, order_norm=model_config.order_norm,
-              bn_groups=bn_groups, bn_axis_name=bn_axis_name, dtype=dtype)
+              bn_groups=bn_groups, bn_axis_name=bn_axis_name, dtype=dtype,
+              vit_size=vit_spec(model_config))
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, num_train_videos: int) -> int:
@@ -97,12 +98,53 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_train_videos: 
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
+OPTIMIZERS = ('sgd', 'adamw')
+# Leaves AdamW does not decay: every norm's scale and every bias (the 1-D parameters), the
+# ViT's position embedding and class token (timm's and DeiT's no_weight_decay rule).
+NO_WEIGHT_DECAY = ('scale', 'bias', 'pos_embed', 'cls_token')
+ADAMW_BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, which MoCo v3 keeps
+FROZEN_PATCH_EMBEDDING = ('backbone', 'patch_embed')  # the ViT's patch projection
+
+
+def weight_decay_mask(params):
+  """True for the parameters AdamW decays: all but the NO_WEIGHT_DECAY leaves."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: path[-1].key not in NO_WEIGHT_DECAY, params)
+
+
+def _frozen_labels(params):
+  """'frozen' for the ViT's patch projection (config.model.freeze_patch_embedding), else
+  'trained'."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 'frozen' if tuple(p.key for p in path[:2]) == FROZEN_PATCH_EMBEDDING
+      else 'trained', params)
+
+
 def make_optimizer(config: ml_collections.ConfigDict, num_train_videos: int):
-  """torch.optim.SGD(momentum, weight_decay) on every parameter: decay is added to the gradient."""
-  return optax.chain(
-      optax.add_decayed_weights(config.optim.weight_decay),
-      optax.sgd(learning_rate_schedule(config, num_train_videos),
-                momentum=config.optim.momentum, nesterov=False))
+  """config.optim.name: 'sgd' is torch.optim.SGD(momentum, weight_decay) on every parameter
+  (decay added to the gradient); 'adamw' is torch.optim.AdamW (decoupled decay, scaled by the
+  learning rate) with config.optim.betas, not decaying the NO_WEIGHT_DECAY leaves.
+
+  With config.model.freeze_patch_embedding a ViT's patch projection keeps its random
+  initialisation (MoCo v3's fix for training instability): it gets no update and no optimiser
+  state.
+  """
+  schedule = learning_rate_schedule(config, num_train_videos)
+  name = config.optim.get('name', 'sgd')
+  if name == 'adamw':
+    b1, b2 = config.optim.get('betas', ADAMW_BETAS)
+    optimizer = optax.adamw(schedule, b1=b1, b2=b2, eps=1e-8,
+                            weight_decay=config.optim.weight_decay, mask=weight_decay_mask)
+  elif name == 'sgd':
+    optimizer = optax.chain(
+        optax.add_decayed_weights(config.optim.weight_decay),
+        optax.sgd(schedule, momentum=config.optim.momentum, nesterov=False))
+  else:
+    raise ValueError(f'config.optim.name must be one of {OPTIMIZERS}, got {name!r}.')
+  if config.model.get('freeze_patch_embedding', False):
+    optimizer = optax.multi_transform({'trained': optimizer, 'frozen': optax.set_to_zero()},
+                                      _frozen_labels)
+  return optimizer
 
 
 def initial_queue(rng, size: int, dim: int) -> jax.Array:
@@ -122,7 +164,8 @@ def create_train_state(config: ml_collections.ConfigDict, num_train_videos: int,
   size = config.data.image_size
   variables = model.init(init_rng, jnp.zeros((1,) + batch_layout.frames_shape(
       3, (size, size), config.data.clip_length), jnp.float32), train=False)
-  params, batch_stats = variables['params'], variables['batch_stats']
+  # A ViT has no BatchNorm: its statistics are an empty tree.
+  params, batch_stats = variables['params'], variables.get('batch_stats', {})
   optimizer = make_optimizer(config, num_train_videos)
   state = TrainState(
       step=jnp.zeros((), jnp.int32),

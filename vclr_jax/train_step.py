@@ -36,6 +36,7 @@ from vclr_jax import augment
 from vclr_jax import batch as batch_layout
 from vclr_jax import losses
 from vclr_jax.models.resnet import accumulation_dtype
+from vclr_jax.models.vclr import has_batch_norm
 from vclr_jax.train_state import TrainState, build_model
 
 DATA_AXIS = 'data'
@@ -255,7 +256,9 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, le
   frames; the crops are cut in the step); every returned metric is a replicated scalar averaged over the global batch.
   ``config`` is one that config_checks.validate_config accepts for ``mesh.size`` devices.
   """
-  shuffle = config.model.key_bn == 'shuffle'
+  # A ViT has no BatchNorm, so its keys need no shuffling: one plain fused key pass.
+  shuffle = (config.model.key_bn == 'shuffle'
+             and has_batch_norm(config.model.architecture))
   shuffle_devices = shuffle_bn_devices(config, mesh.size) if shuffle else 0
   online_model = build_model(
       config.model, bn_axis_name=DATA_AXIS if config.model.online_bn == 'sync' else None)

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 from flax import traverse_util
 
+from vclr_jax.interop import timm_layout
 from vclr_jax.models.resnet import STAGE_BLOCKS
 
 # Our head name -> the reference model's attribute (its video head is called tsn).
@@ -45,6 +46,8 @@ def torch_name(flax_path: tuple[str, ...]) -> str:
   'scale') -> 'layer1.0.bn1.weight', ('params', 'video_head', 'fc0', 'kernel') -> 'fc_tsn.0.weight',
   ('batch_stats', 'backbone', 'layer1_0', 'conv1_1', 'mean') -> 'layer1.0.conv1.1.running_mean'.
   """
+  if timm_layout.is_vit_path(flax_path):
+    return timm_layout.timm_name(flax_path)
   collection, top, *modules, leaf = flax_path
   if collection not in _LEAF_NAMES or leaf not in _LEAF_NAMES[collection]:
     raise ValueError(f'No PyTorch name for variable {"/".join(flax_path)}.')
@@ -123,7 +126,8 @@ def _torchvision_video_key_order(name: str) -> tuple:
 
 def backbone_state_dict(variables: Mapping) -> dict[str, np.ndarray]:
   """torchvision state dict of a VCLR backbone: ``resnet*`` without the classifier ``fc``,
-  ``r3d_18`` without ``fc`` or ``s3d`` without ``classifier``.
+  ``r3d_18`` without ``fc`` or ``s3d`` without ``classifier``; for a ViT, timm's
+  ``vit_*_patch16_224`` without ``head`` (timm_layout).
 
   Keys come in torchvision's order. BatchNorm's ``num_batches_tracked`` counters are included
   (as 0) so that torchvision loads the result with ``strict=True`` once its classifier is
@@ -137,8 +141,14 @@ def backbone_state_dict(variables: Mapping) -> dict[str, np.ndarray]:
     state[name] = to_torch_array(path, value)
     if name.endswith('.running_mean'):
       state[name[:-len('running_mean')] + BN_COUNTER] = np.zeros((), np.int64)
-  # The 2D ResNet's stem is conv1; the 3D networks' are stem.* and features.0.*.
-  key = _torchvision_key_order if 'conv1.weight' in state else _torchvision_video_key_order
+  # The 2D ResNet's stem is conv1; the 3D networks' are stem.* and features.0.*; a ViT's
+  # (timm's layout) patch_embed.proj.
+  if 'conv1.weight' in state:
+    key = _torchvision_key_order
+  elif 'cls_token' in state:
+    key = timm_layout.timm_key_order
+  else:
+    key = _torchvision_video_key_order
   return {name: state[name] for name in sorted(state, key=key)}
 
 

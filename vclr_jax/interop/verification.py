@@ -1,8 +1,9 @@
-"""Proves an export: torchvision's network with the exported weights computes our features.
+"""Proves an export: torchvision's (timm's for a ViT) network with the exported weights
+computes our features.
 
-Both models run in inference mode on the same random frames (2D ResNets) or clips (r3d_18,
-s3d); the largest absolute difference of the pooled features is returned. torch and torchvision
-are imported here only.
+Both models run in inference mode on the same random frames (2D ResNets, ViTs) or clips
+(r3d_18, s3d); the largest absolute difference of the pooled features is returned. torch,
+torchvision and timm are imported here only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from vclr_jax.interop.torch_layout import torchvision_name_from_mmaction2
 from vclr_jax.interop.torchvision_compat import import_torchvision
 from vclr_jax.models.resnet import STAGE_BLOCKS, ResNet
 from vclr_jax.models.video3d import scaled, video_backbone
+from vclr_jax.models.vit import TIMM_NAMES, VisionTransformer, ViTSpec
 
 # float32 convolutions in two libraries agree to ~1e-6 relative; this leaves margin.
 RELATIVE_TOLERANCE = 1e-4
@@ -133,8 +135,9 @@ def read_exported_state_dict(path: str, fmt: str) -> dict:
 def backbone_features(backbone, variables: Mapping, inputs: np.ndarray) -> np.ndarray:
   """Pooled features of channels-last ``inputs`` from the Flax module ``backbone`` with the
   backbone of VCLR ``variables``, inference mode."""
+  # A ViT has no BatchNorm statistics.
   backbone_variables = {'params': variables['params']['backbone'],
-                        'batch_stats': variables['batch_stats']['backbone']}
+                        'batch_stats': variables.get('batch_stats', {}).get('backbone', {})}
   return np.asarray(_inference_fn(backbone)(backbone_variables, inputs))
 
 
@@ -183,3 +186,27 @@ def verify_video_export(path: str, fmt: str, variables: Mapping, *, architecture
       (batch_size, num_frames, image_size, image_size, 3)).astype(np.float32)
   ours = backbone_features(video_backbone(architecture, width_multiplier), variables, clips)
   return Verification.of(ours, torch_features(model, clips), image_size, num_frames)
+
+
+def timm_vit(architecture: str, vit_size: ViTSpec):
+  """timm's VisionTransformer of ``architecture`` at ``vit_size``, without classifier, taking any
+  frame size (``dynamic_img_size``: the position embedding resampled as ours)."""
+  import_torchvision()  # timm imports torchvision
+  import timm
+  return timm.create_model(TIMM_NAMES[architecture], pretrained=False, num_classes=0,
+                           embed_dim=vit_size.width, depth=vit_size.depth,
+                           num_heads=vit_size.num_heads, global_pool=vit_size.pool,
+                           dynamic_img_size=True)
+
+
+def verify_timm_export(path: str, fmt: str, variables: Mapping, *, architecture: str,
+                       vit_size: ViTSpec, image_size: int = 224, batch_size: int = 2,
+                       seed: int = 0) -> Verification:
+  """Loads ``path`` into timm's VisionTransformer (strict) and compares its features with ours
+  on random (batch_size, image_size, image_size, 3) frames."""
+  model = timm_vit(architecture, vit_size)
+  model.load_state_dict(read_exported_state_dict(path, fmt), strict=True)
+  frames = np.random.default_rng(seed).standard_normal(
+      (batch_size, image_size, image_size, 3)).astype(np.float32)
+  ours = backbone_features(VisionTransformer(vit_size), variables, frames)
+  return Verification.of(ours, torch_features(model, frames), image_size)

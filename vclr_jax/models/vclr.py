@@ -1,5 +1,8 @@
 """The VCLR network: a ResNet backbone, four projection heads and the order classifier.
 
+A Vision Transformer (``architecture`` 'vit_ti16', 'vit_s16' or 'vit_b16', models/vit.py) takes
+the ResNet's place on frames; it has no BatchNorm, so the BatchNorm settings below do not apply.
+
 With a 3D backbone (``architecture`` 'r3d_18' or 's3d', models/video3d.py; the paper's Sec. 5)
 every "frame" below is a clip: the backbone turns each (L, H, W, 3) clip into one feature, and
 heads, losses and the order classifier see one embedding per clip as they see one per frame.
@@ -22,27 +25,51 @@ import jax.numpy as jnp
 
 from vclr_jax.models import resnet
 from vclr_jax.models import video3d
+from vclr_jax.models import vit
 from vclr_jax.models.resnet import accumulation_dtype
 
 HEADS = ('inter', 'intra', 'video', 'order')
 NUM_ORDER_CLASSES = 4
 ORDER_NORMS = ('per_frame', 'over_frames')
-ARCHITECTURES = ('resnet',) + tuple(video3d.ARCHITECTURES)
+ARCHITECTURES = ('resnet',) + tuple(video3d.ARCHITECTURES) + tuple(vit.ARCHITECTURES)
 
 
-def backbone_feature_dim(architecture: str, depth: int, width_multiplier: float) -> int:
-  """Size of the pooled backbone feature: a ResNet's of ``depth``, or the 3D network's."""
+def has_batch_norm(architecture: str) -> bool:
+  """Whether the backbone normalises with BatchNorm (every one but the ViTs)."""
+  return architecture not in vit.ARCHITECTURES
+
+
+def vit_spec(model_config) -> vit.ViTSpec | None:
+  """The ViT size config.model describes (its vit_* overrides applied), None for other
+  backbones. Configs without the vit_* keys get the architecture's own size."""
+  architecture = model_config.get('architecture', 'resnet')
+  if architecture not in vit.ARCHITECTURES:
+    return None
+  return vit.spec(architecture, model_config.get('vit_width', 0),
+                  model_config.get('vit_depth', 0), model_config.get('vit_heads', 0),
+                  model_config.get('vit_pool', 'token'))
+
+
+def backbone_feature_dim(architecture: str, depth: int, width_multiplier: float,
+                         vit_size: vit.ViTSpec | None = None) -> int:
+  """Size of the pooled backbone feature: a ResNet's of ``depth``, the 3D network's, or the
+  ViT's width (``vit_size``, default the architecture's own)."""
   if architecture == 'resnet':
     return resnet.feature_dim(depth, width_multiplier)
+  if architecture in vit.ARCHITECTURES:
+    return (vit_size or vit.spec(architecture)).width
   return video3d.feature_dim(architecture, width_multiplier)
 
 
 def make_backbone(architecture: str, depth: int, width_multiplier: float, bn_groups: int = 1,
                   bn_axis_name: str | None = None, dtype: Any = jnp.float32,
-                  name: str | None = None) -> nn.Module:
-  """The ResNet of ``depth`` on frames, or the 3D network ``architecture`` on clips."""
+                  name: str | None = None, vit_size: vit.ViTSpec | None = None) -> nn.Module:
+  """The ResNet of ``depth`` or the ViT ``vit_size`` (default the architecture's own) on
+  frames, or the 3D network ``architecture`` on clips."""
   if architecture == 'resnet':
     return resnet.ResNet(depth, width_multiplier, bn_groups, bn_axis_name, dtype, name=name)
+  if architecture in vit.ARCHITECTURES:
+    return vit.VisionTransformer(vit_size or vit.spec(architecture), dtype, name=name)
   return video3d.video_backbone(architecture, width_multiplier, bn_groups, bn_axis_name, dtype,
                                 name=name)
 
@@ -83,8 +110,10 @@ class VCLR(nn.Module):
   """Backbone + heads. Methods give the pieces the train step combines.
 
   Attributes:
-    architecture: 'resnet' (2D, on frames) or a 3D backbone on clips, 'r3d_18' or 's3d'.
-    depth, width_multiplier: backbone size (see ResNet; a 3D backbone ignores depth).
+    architecture: 'resnet' or a ViT ('vit_ti16', 'vit_s16', 'vit_b16') on frames, or a 3D
+      backbone on clips, 'r3d_18' or 's3d'.
+    depth, width_multiplier: backbone size (see ResNet; a 3D backbone ignores depth, a ViT both).
+    vit_size: a ViT's size (models/vit.py ViTSpec); None: the architecture's own.
     embed_dim: size of every head's output (128).
     order_norm: 'per_frame' normalises each frame's order embedding (the paper);
       'over_frames' normalises over the tuple's frame axis as the released code does.
@@ -98,6 +127,7 @@ class VCLR(nn.Module):
   bn_groups: int = 1
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
+  vit_size: vit.ViTSpec | None = None
 
   def setup(self):
     if self.order_norm not in ORDER_NORMS:
@@ -106,8 +136,10 @@ class VCLR(nn.Module):
       raise ValueError(f'model.architecture must be one of {ARCHITECTURES}, got '
                        f'{self.architecture!r}.')
     self.backbone = make_backbone(self.architecture, self.depth, self.width_multiplier,
-                                  self.bn_groups, self.bn_axis_name, self.dtype)
-    hidden = backbone_feature_dim(self.architecture, self.depth, self.width_multiplier)
+                                  self.bn_groups, self.bn_axis_name, self.dtype,
+                                  vit_size=self.vit_size)
+    hidden = backbone_feature_dim(self.architecture, self.depth, self.width_multiplier,
+                                  self.vit_size)
     self.heads = {name: ProjectionHead(hidden, self.embed_dim, name=f'{name}_head')
                   for name in HEADS}
     self.order_classifier = TorchLinear(NUM_ORDER_CLASSES, name='order_classifier')
