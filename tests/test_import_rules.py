@@ -12,9 +12,9 @@ import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT_PACKAGES = ('vclr_jax', 'input_pipeline', 'configs')
-# vclr_jax modules that state contracts shared with input_pipeline/: the batch layout and the
-# short-error helper.
-CONTRACT_MODULES = frozenset({'vclr_jax.batch', 'vclr_jax.cli_errors'})
+# vclr_jax modules that state contracts shared with input_pipeline/: the batch layout, the
+# short-error helper and the quiet start (TensorFlow's import noise filtered).
+CONTRACT_MODULES = frozenset({'vclr_jax.batch', 'vclr_jax.cli_errors', 'vclr_jax.quiet_logs'})
 
 
 def module_files(package):
