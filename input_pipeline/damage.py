@@ -29,6 +29,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from vclr_jax import cli_errors  # no TensorFlow, no JAX
+
 DEFAULT_MAX_SKIPPED_FRACTION = 0.001  # of the split's videos (config.data.max_skipped_fraction)
 
 OK = 0
@@ -45,8 +47,9 @@ REASONS = {
 TRACE_KEYS = ('status', 'shard', 'record')  # per-example fields the readers add for this module
 
 
-class DamagedDataError(RuntimeError):
-  """More damaged videos than config.data.max_skipped_fraction allows; names the shards."""
+class DamagedDataError(cli_errors.RunStopped):
+  """More damaged videos than config.data.max_skipped_fraction allows; names the shards. The
+  message's last line says how to repair them."""
 
 
 class SkippingBatches:
@@ -92,7 +95,8 @@ class SkippingBatches:
       self.stop_error = DamagedDataError(self._too_many())
       if not self._fill:
         raise self.stop_error
-      logging.error('%s Every host stops at the next step and saves it.', self.stop_error)
+      logging.error('%s Every host stops at the next step and saves it.',
+                    str(self.stop_error).splitlines()[0])
     return self._filled(batch, status) if self._fill else batch
 
   def _note(self, shard: int, record: int, status: int) -> None:
@@ -106,7 +110,7 @@ class SkippingBatches:
     good, bad = np.flatnonzero(status == OK), np.flatnonzero(status != OK)
     if not len(good):
       raise DamagedDataError(f'Every example of a batch is damaged ({len(self.damaged)} damaged '
-                             'videos so far). ' + self._repair_advice())
+                             'videos so far).\n' + self._repair_advice())
     sources = good[np.arange(len(bad)) % len(good)]
     filled = {}
     for name, value in batch.items():
@@ -122,13 +126,13 @@ class SkippingBatches:
   def _too_many(self) -> str:
     return (f'{len(self.damaged)} damaged videos on this host, more than '
             f'config.data.max_skipped_fraction={self._max_skipped_fraction} of the split allows '
-            f'({self._max_damaged:g}). ' + self._repair_advice())
+            f'({self._max_damaged:g}).\n' + self._repair_advice())
 
   def _repair_advice(self) -> str:
     listing = '; '.join(f'{path}: {count} damaged'
                         for path, count in self.damaged_shards().items())
     records_dir = os.path.dirname(os.path.dirname(self._shard_paths[0]))
-    return (f'Damaged shards: {listing}. Check them with `python -m input_pipeline.verify '
+    return (f'Damaged shards: {listing}.\nCheck them with `python -m input_pipeline.verify '
             f'--records={records_dir}`, delete the damaged ones and rerun the same `python -m '
             'input_pipeline.prepare` command to write them again, or raise '
             'config.data.max_skipped_fraction.')

@@ -31,17 +31,15 @@ from typing import Sequence
 import numpy as np
 
 from input_pipeline import records
+from input_pipeline import split_index
 
-SUFFIX = '.frames.npz'
+SUFFIX = split_index.FRAME_INDEX_SUFFIX
 # TFRecord framing: uint64 length, uint32 CRC of the length, data, uint32 CRC of the data.
 RECORD_HEADER_BYTES = 12
 RECORD_FOOTER_BYTES = 4
 
 
-def index_path(shard_path: str) -> str:
-  # Prepared shards end in '.tfrecord' (the index replaces it); TFDS's files in
-  # '.tfrecord-00000-of-00008' (input_pipeline/vclr_videos: the index is added).
-  return shard_path.removesuffix('.tfrecord') + SUFFIX
+index_path = split_index.frame_index_path
 
 
 def jpeg_positions(serialized: bytes, jpegs: Sequence[bytes]) -> np.ndarray:

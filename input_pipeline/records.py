@@ -24,6 +24,7 @@ import os
 import re
 from typing import Any
 
+from input_pipeline import split_index  # no TensorFlow
 from vclr_jax import cli_errors  # no TensorFlow, no JAX
 
 IMAGE_KEY = 'image/encoded'
@@ -37,7 +38,7 @@ HEIGHT_KEY = 'video/height'
 WIDTH_KEY = 'video/width'
 
 UNLABELLED = -1
-INDEX_FILENAME = 'index.json'
+INDEX_FILENAME = split_index.INDEX_FILENAME
 SKIPPED_FILENAME = 'skipped.tsv'
 
 # How the records of a split are serialised: read_index's 'record_format'.
@@ -50,7 +51,7 @@ TFDS_NAME = 'vclr_videos'
 # of each name and takes its version from here: the builder uses this module, never the reverse.
 TFDS_CONFIGS = ('kinetics400', 'ucf101_split1', 'hmdb51_split1', 'folder')
 TFDS_VERSION = '1.0.0'
-TFDS_INFO_FILENAME = 'dataset_info.json'
+TFDS_INFO_FILENAME = split_index.TFDS_INFO_FILENAME
 # config.data.tfds_name: TFDS's 'name/config[:version]' (a version is x.y.z, no wildcards).
 TFDS_NAME_PATTERN = re.compile(rf'{TFDS_NAME}/(?P<config>\w+)(:(?P<version>\d+\.\d+\.\d+))?')
 TFDS_FEATURES = {IMAGE_KEY: 'jpeg_frames', LABEL_INDEX_KEY: 'label_index',
@@ -153,10 +154,8 @@ def read_index(records_dir: str, split: str) -> dict[str, Any]:
         f'input_pipeline.prepare` with --out={records_dir} --splits={split} first.'))
   index = read_json(path)
   if index['split'] != split:
-    raise ValueError(
-        f'{path} is the index of split {index["split"]!r}, but split {split!r} was asked for: '
-        f'the folder {split_dir(records_dir, split)} holds records of another split (copied or '
-        'renamed?). Point the reader at the right folder, or prepare the split again.')
+    raise split_index.SplitMismatchError(
+        split_index.split_mismatch_message(path, index['split'], split))
   for shard in index['shards']:
     shard['path'] = os.path.join(split_dir(records_dir, split), shard['path'])
   index['record_format'] = SEQUENCE_EXAMPLE

@@ -18,6 +18,7 @@ from input_pipeline import damage
 from input_pipeline import frame_decoding
 from input_pipeline import frame_index
 from input_pipeline import record_stream
+from input_pipeline import split_index
 from input_pipeline import vclr_sampling
 from vclr_jax import batch as batch_layout
 
@@ -28,8 +29,8 @@ LABEL_FIELDS = ('anchor', 'query_perm', 'key_perm', 'order_label')
 class SampledFrameReader:
   """Reads the sampled JPEGs of this host's videos; counts the bytes it read.
 
-  Raises ValueError, naming the --min_frames to prepare with, when a video of the host is too
-  short for the sampling (batch.min_video_frames).
+  Raises VideosTooShortError (a ValueError), naming the --min_frames to prepare with, when a
+  video of the host is too short for the sampling (batch.min_video_frames).
   """
 
   def __init__(self, shards: list[dict], clip_length: int = 1, clip_stride: int = 1):
@@ -41,9 +42,9 @@ class SampledFrameReader:
     short = int(np.sum(np.asarray(self.frames.frames_per_video)
                        < batch_layout.min_video_frames(clip_length, clip_stride)))
     if short:
-      raise ValueError(f'{short} of the {len(self.frames.frames_per_video)} videos of this host '
-                       f'are too short: '
-                       + vclr_sampling.too_short_message(clip_length, clip_stride))
+      raise split_index.VideosTooShortError(
+          f'{short} of the {len(self.frames.frames_per_video)} videos of this host are too '
+          'short: ' + split_index.too_short_message(clip_length, clip_stride))
 
   def shard_elements(self, shard):
     """One shard's videos in record order (see record_stream.example_stream): dicts of the

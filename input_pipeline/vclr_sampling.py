@@ -14,20 +14,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from input_pipeline.split_index import too_short_message
 from vclr_jax import batch as batch_layout
 
 NUM_SEGMENTS = batch_layout.NUM_SEGMENTS
-
-
-def too_short_message(clip_length: int = 1, clip_stride: int = 1) -> str:
-  """What a too-short video's error says, with the fix."""
-  needed = batch_layout.min_video_frames(clip_length, clip_stride)
-  clips = (f'clips of {clip_length} frames at stride {clip_stride} '
-           f'(config.data.clip_length, config.data.clip_stride)' if clip_length > 1 else
-           'single frames')
-  return (f'VCLR with {clips} needs videos of at least {needed} frames (two non-overlapping '
-          f'clips in each of 3 segments); prepare the records with --min_frames={needed}, or '
-          'shorten the clips.')
 
 
 def segment_bounds(num_frames):

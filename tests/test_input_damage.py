@@ -167,7 +167,7 @@ def test_too_much_damage_stops_and_lists_the_shards():
   paths = ['/data/train/shard-00000-of-00001.tfrecord']
   bad = damage.UNDECODABLE
   statuses = [[0, bad, 0, 0], [0, bad, bad, 0], [bad, 0, 0, 0]]
-  too_many = (r'2 damaged videos .*max_skipped_fraction=0.001.*'
+  too_many = (r'(?s)2 damaged videos .*max_skipped_fraction=0.001.*'
               r'shard-00000-of-00001.tfrecord: 2 damaged')
   # Evaluation raises at once.
   evaluation = damage.SkippingBatches(_fake_batches(statuses), paths, split_videos=1000,

@@ -35,7 +35,9 @@ def test_input_error_on_one_host_stops_every_host_at_one_saved_step(tmp_path):
   step = int(stops[0][1])
   assert int(stops[1][1]) == step and 3 <= step < 100
   saved = re.compile(rf'Step {step} of \S+ is saved; a rerun resumes from it\.')
-  assert re.search(r'STOPPED InputError shard 3 of process 1 is damaged\. ', outputs[1])
+  # The error's last line (what to do) stays last; the saved step comes before it.
+  assert re.search(rf'STOPPED InputError {saved.pattern}\nshard 3 of process 1 is damaged\.$',
+                   outputs[1], re.M), outputs[1]
   assert saved.search(outputs[1]), outputs[1]
   assert 'STOPPED StoppedByAnotherHost Another host stopped the run' in outputs[0]
   assert saved.search(outputs[0]), outputs[0]

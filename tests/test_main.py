@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from conftest import FAST_COMPILE_FLAGS
+from vclr_jax import cli_errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG_LINE = re.compile(r'step (\d+)/(\d+) \| loss ([\d.]+)')
@@ -41,11 +42,11 @@ def step_folders(workdir):
 def test_main_learns_survives_a_full_disk_and_resumes(tmp_path):
   # The disk fills up at step 21: checkpoints 10 and 20 are written, the one of step 30 fails
   # in the background and the run learns of it at its next save (the last, step 40). One
-  # message, exit 1, nothing lost. (A SIGTERM's clean stop is in test_multiprocess.py.)
+  # message, exit status 4, nothing lost. (A SIGTERM's clean stop is in test_multiprocess.py.)
   workdir = tmp_path / 'run'
   full = launch(workdir, disk_full_from_step=21)
   full_output, _ = full.communicate()
-  assert full.returncode == 1, full_output[-3000:]
+  assert full.returncode == cli_errors.EXIT_DISK_FULL, full_output[-3000:]
   losses = {int(m[1]): float(m[3]) for m in LOG_LINE.finditer(full_output)}
   assert 30 <= max(losses) <= 40, full_output[-3000:]
   assert 'Traceback' not in full_output, full_output[-3000:]

@@ -14,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 from configs import k400
 from configs import k400_reference
 from conftest import tiny_config
+from split_files import write_split_index
 from vclr_jax import augment
 from vclr_jax import config_checks
 from vclr_jax import train_state as ts
@@ -205,6 +206,7 @@ def test_k400_reference_config_requires_an_existing_init_from(tmp_path):
   assert (config.model.bn_batching, config.model.order_norm, config.batch_size,
           config.optim.base_lr, config.num_epochs) == ('reference', 'over_frames', 256, 0.1, 400)
   config.data.records_dir = str(tmp_path)
+  write_split_index(tmp_path, 'train', [300] * 8)
   with pytest.raises(ValueError, match='config.init_from is required'):
     config_checks.validate_config(config, 8, 1)
   config.init_from = str(tmp_path / 'missing.pth.tar')

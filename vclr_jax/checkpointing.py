@@ -10,7 +10,9 @@ Paths go through etils.epath, so a workdir may be any path Orbax accepts (``gs:/
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import time
 
 import jax
@@ -19,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from vclr_jax import cli_errors
 from vclr_jax.cli_errors import NoCheckpointError
 from vclr_jax.cli_errors import UserError
 
@@ -43,7 +46,52 @@ def make_manager(workdir: str, checkpoint_config: ml_collections.ConfigDict) -> 
       save_interval_steps=checkpoint_config.every_steps,
       enable_async_checkpointing=checkpoint_config.async_save,
       create=True)
-  return ocp.CheckpointManager(absolute(workdir) / CHECKPOINT_DIR, options=options)
+  manager = ocp.CheckpointManager(absolute(workdir) / CHECKPOINT_DIR, options=options)
+  if _managers_of_calls:
+    _managers_of_calls[-1].append(manager)
+  return manager
+
+
+# The managers made during each active call of a closes_managers function, innermost last.
+_managers_of_calls: list[list[ocp.CheckpointManager]] = []
+
+
+def closes_managers(function):
+  """Decorator: every manager make_manager makes during a call of ``function`` is closed when
+  the call ends, however it ends (an error, an interrupt, a stop). Closing waits for the save
+  in flight, so the newest step on disk is whole, and leaves no Orbax thread to fail at the
+  interpreter's exit ("cannot schedule new futures after interpreter shutdown"). After a full
+  disk they stay open: closing would print each pending write's failure, and the entry point
+  exits at once instead (cli_errors.guard)."""
+
+  @functools.wraps(function)
+  def call(*args, **kwargs):
+    made = []
+    _managers_of_calls.append(made)
+    try:
+      result = function(*args, **kwargs)
+    except BaseException as error:
+      if not cli_errors.is_disk_full(error):
+        for manager in made:
+          _close_after_error(manager)
+      raise
+    finally:
+      _managers_of_calls.remove(made)
+    for manager in made:
+      manager.close()
+    return result
+
+  return call
+
+
+def _close_after_error(manager: ocp.CheckpointManager) -> None:
+  """Closes ``manager``; a failure of its last save is logged in one line, not raised over
+  the error that ended the run."""
+  try:
+    manager.close()
+  except Exception as error:  # pylint: disable=broad-except
+    logging.warning('The save in flight when the run ended failed (%s); the newest complete '
+                    'checkpoint is kept.', ' '.join(str(error).split())[:300])
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = False) -> bool:

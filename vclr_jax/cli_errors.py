@@ -3,8 +3,11 @@
 A user's mistake (an unknown or mistyped config key, a wrong value, a missing file, a config
 that fails validate_config, a run without checkpoints) is printed as at most MAX_LINES lines
 on stderr and the program exits with EXIT_USER_ERROR; the last line names the key or path and
-what to do. A full disk prints one message and exits with EXIT_DISK_FULL. Everything else
-(a bug) keeps its full traceback, and VCLR_DEBUG=1 shows the traceback of every error.
+what to do. A run that stopped on its way and saved its state (RunStopped: damaged data past
+the limit, divergence, a signal or preemption, another host's stop) exits with EXIT_STOPPED,
+a full disk with EXIT_DISK_FULL, each with as short a message. Everything else (a bug) keeps
+its full traceback, and VCLR_DEBUG=1 shows the traceback of every error. docs/reliability.md
+has the table of exit statuses.
 
   absl entry points:     cli_errors.run(main)      (instead of app.run(main))
   argparse entry points: cli_errors.guard(main, sys.argv[1:])
@@ -19,8 +22,9 @@ import sys
 from typing import Callable, Sequence
 
 DEBUG_ENV = 'VCLR_DEBUG'
-EXIT_USER_ERROR = 2
-EXIT_DISK_FULL = 1
+EXIT_USER_ERROR = 2  # a mistake found before anything ran: nothing written
+EXIT_STOPPED = 3  # a run stopped on its way; its state is saved, a rerun resumes
+EXIT_DISK_FULL = 4  # every finished checkpoint is intact; free space, rerun to resume
 MAX_LINES = 5
 DEBUG_HINT = f'(rerun with {DEBUG_ENV}=1 for the traceback)'
 
@@ -30,6 +34,16 @@ class UserError(Exception):
 
   def lines(self) -> list[str]:
     return str(self).splitlines()
+
+
+class RunStopped(UserError, RuntimeError):
+  """A run that stopped on its way with its state saved; the last line says how to go on."""
+
+
+def before_last_line(text: str, line: str) -> str:
+  """``text`` with ``line`` inserted before its last line (which says what to do)."""
+  lines = str(text).splitlines() or ['']
+  return '\n'.join(lines[:-1] + [line, lines[-1]])
 
 
 class ConfigError(UserError, ValueError):
@@ -180,9 +194,17 @@ def guard(main: Callable, *args, **kwargs):
                 [f'{os.strerror(errno.ENOSPC)}: {error}'.splitlines()[0],
                  'Free space and rerun to resume from the last checkpoint.'], EXIT_DISK_FULL,
                 at_once=True)
+    if isinstance(error, RunStopped):
+      exit_with(_lines_for(error), EXIT_STOPPED)
     if is_user_error(error):
       exit_with(_lines_for(error), EXIT_USER_ERROR)
     raise
+  except KeyboardInterrupt:
+    # Only before or after the training loop, which turns SIGINT into a saved stop itself.
+    if _debug():
+      raise
+    exit_with(['Interrupted.', 'Rerun the same command to resume from the last checkpoint.'],
+              EXIT_STOPPED)
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:

@@ -1,9 +1,12 @@
-"""Every check of a pretraining config, run before anything is written to the workdir.
+"""Every check of a config, run before anything is written to the workdir.
 
 ``validate_config`` collects all problems of a config at once (choices, positive sizes,
 divisibility over devices and hosts, the queue size, paths that must exist) and raises one
 ConfigError listing them, so a user fixes a command line in one go instead of one error per
 rerun, and a failed start leaves no config.json, events file or checkpoints/ behind.
+That includes what the readers would stop on later and the index files already say (the
+records folder, each split's index and frame index: data_problems). ``validate_eval_config``
+does the same for evaluation and fine-tuning configs.
 The step's own rules (check_divisibility, check_queue_size, clip_config_problems,
 check_bn_config) live here too, so every rule lives in one place; train_step.py and
 train_state.py build from a config that passed them.
@@ -11,8 +14,11 @@ train_state.py build from a config that passed them.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import ml_collections
+import numpy as np
 from etils import epath
 
 from vclr_jax import checkpointing
@@ -224,15 +230,6 @@ def _path_problems(config) -> list[str]:
     problems.append('config.init_from is required by this config (the released run starts from '
                     'MoCo v2 ImageNet weights): pass '
                     '--config.init_from=/path/to/moco_v2_200ep_pretrain.pth.tar.')
-  if config.data.source == 'records' and not epath.Path(config.data.records_dir).exists():
-    problems.append(f'config.data.records_dir={config.data.records_dir} does not exist: prepare '
-                    'the records (python -m input_pipeline.prepare) or fix the path.')
-  if config.data.source == 'tfds':
-    from input_pipeline import records  # TensorFlow only for a TFDS dataset
-    try:
-      records.source_dir(config.data)
-    except (UserError, FileNotFoundError) as error:
-      problems.append(str(error))
   if config.init_from and not epath.Path(config.init_from).exists():
     problems.append(f'config.init_from={config.init_from} does not exist: give a run directory, '
                     "a checkpoint directory or a PyTorch file, or '' for random init.")
@@ -244,11 +241,148 @@ def _path_problems(config) -> list[str]:
   return problems
 
 
+# What each reader needs of its split (data_problems): VCLR's training reader reads sampled
+# frames through the frame index, every video long enough for the clips, and one shard or
+# more per host; the TSN training reader one shard or more per host; the evaluation readers
+# read whole records of any length, any number of shards per host.
+VCLR_READER, TSN_READER, EVAL_READER = 'vclr', 'tsn', 'eval'
+
+
+def _read_split_index(folder: str, split: str) -> dict | None:
+  from input_pipeline import split_index  # no TensorFlow
+  if split_index.is_tfds_dataset(folder):
+    from input_pipeline import records  # TensorFlow only for a TFDS dataset
+    return records.read_index(folder, split)
+  return split_index.read_split_index(folder, split)
+
+
+def data_problems(data: ml_collections.ConfigDict, splits: Sequence[tuple[str, str, str]],
+                  num_processes: int, clips: tuple[int, int] = (1, 1)) -> list[str]:
+  """What the readers would stop on, known from the index files alone: the records folder
+  (or TFDS dataset) of ``data`` (a config's data block), the frame canvas, and each of
+  ``splits``, (config key, split, reader) with reader one of VCLR_READER, TSN_READER,
+  EVAL_READER (input_pipeline/split_index.py reads index.json and the frame index).
+  ``clips``: (clip_length, clip_stride) of VCLR_READER."""
+  from input_pipeline import split_index  # no TensorFlow
+  problems = []
+  if 'frame_size' in data:
+    size = tuple(data.frame_size)
+    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+      problems.append(f'config.data.frame_size={size} must be the (height, width) of the '
+                      'frame canvas in pixels, both positive: e.g. (256, 340).')
+  if data.source == 'records':
+    folder = data.records_dir
+    if not epath.Path(folder).exists():
+      return problems + [f'config.data.records_dir={folder} does not exist: prepare the records '
+                         '(python -m input_pipeline.prepare) or fix the path.']
+  elif data.source == 'tfds':
+    from input_pipeline import records  # TensorFlow only for a TFDS dataset
+    try:
+      folder = records.source_dir(data)
+    except (UserError, FileNotFoundError) as error:
+      return problems + [str(error)]
+  else:
+    return problems  # in-memory videos, or a source reported among the choices
+  for key, split, reader in splits:
+    try:
+      index = _read_split_index(folder, split)
+    except split_index.SplitMismatchError as error:
+      problems.append(f'{key}={split!r}: {error}')
+      continue
+    except FileNotFoundError as error:  # a TFDS dataset without that split
+      problems.append(f'{key}={split!r}: {error}')
+      continue
+    problems += split_index.split_problems(
+        index, records_dir=folder, split=split, split_key=key,
+        num_processes=num_processes if reader != EVAL_READER else 1,
+        clips=clips if reader == VCLR_READER else None)
+  return problems
+
+
+def raise_if_any_host_has(problems: Sequence[str]) -> None:
+  """Raises ConfigError listing ``problems``. With several processes every host first learns
+  whether another one found problems (its data or files may differ: a split copied on one
+  host only), so that all of them stop here with the same exit status instead of the others
+  waiting for it in the first collective."""
+  others = []
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    counts = np.asarray(multihost_utils.process_allgather(np.int32(len(problems))))
+    others = [str(host) for host in np.flatnonzero(counts) if host != jax.process_index()]
+  if problems:
+    raise ConfigError(problems)
+  if others:
+    raise UserError(f'Another host (process {", ".join(others)}) found problems in the config '
+                    'or its data; its output lists them.\nFix what that host lists and rerun.')
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int,
                     num_processes: int) -> None:
   """Raises ConfigError listing every problem of a pretraining config; writes nothing."""
   problems = _choice_problems(config) + _size_problems(config)
   problems += clip_config_problems(config) + _profile_problems(config) + _vit_problems(config)
   problems += _layout_problems(config, num_devices, num_processes) + _path_problems(config)
-  if problems:
-    raise ConfigError(problems)
+  clips = (config.data.clip_length, config.data.clip_stride)
+  if all(isinstance(value, int) and value >= 1 for value in clips):
+    problems += data_problems(config.data, [('config.data.split', config.data.split,
+                                             VCLR_READER)], num_processes, clips)
+  raise_if_any_host_has(problems)
+
+
+def _eval_splits(config, protocol: str) -> list[tuple[str, str, str]]:
+  data = config.data
+  if protocol == 'snippet_features':
+    return [('config.snippets.splits', split, EVAL_READER)
+            for split in config.snippets.splits.split(',')]
+  train_reader = TSN_READER if protocol == 'finetune' else EVAL_READER
+  return [('config.data.train_split', data.train_split, train_reader),
+          ('config.data.test_split', data.test_split, EVAL_READER)]
+
+
+def _eval_run_problems(config, protocol: str, workdir: str) -> list[str]:
+  """The pretraining run the protocol reads: its config.json and, unless it starts from
+  random weights, the checkpoint it names."""
+  path = epath.Path(workdir) / checkpointing.CONFIG_FILE
+  if not path.exists():
+    return [f'--workdir={workdir} is not a vclr_jax run directory (no {path}): pass the '
+            'folder python -m vclr_jax.main trained in.']
+  step = None if config.checkpoint_step < 0 else config.checkpoint_step
+  if protocol == 'finetune':
+    source = workdir if config.init == 'pretrained' else None
+  elif config.random_init:
+    source = None
+  elif config.finetuned_backbone:
+    source = str(epath.Path(workdir) / 'finetune' / config.finetuned_backbone)
+  else:
+    source = workdir
+  if source is None:
+    return []
+  try:
+    checkpointing.encoder_checkpoint_path(source, step)
+  except FileNotFoundError as error:  # NoCheckpointError too
+    lines = str(error).splitlines()
+    hint = ('' if protocol == 'finetune' else
+            ', or pass --config.random_init=True for the untrained baseline')
+    return [f'{lines[0]} Pretrain it first (python -m vclr_jax.main){hint}.']
+  return []
+
+
+def validate_eval_config(config: ml_collections.ConfigDict, protocol: str, workdir: str,
+                         num_devices: int, num_processes: int) -> None:
+  """Raises ConfigError listing every problem of an evaluation or fine-tuning config (the
+  run it reads, batch sizes over devices and hosts, the records and their splits); writes
+  nothing."""
+  problems = []
+  if protocol == 'finetune':
+    for key in ('batch_size', 'test_batch_size'):
+      if config[key] <= 0 or config[key] % num_devices:
+        multiple = num_devices * max(1, config[key] // num_devices)
+        problems.append(f'config.{key}={config[key]} must be a positive multiple of the '
+                        f'{num_devices} devices: e.g. {multiple}.')
+  elif protocol != 'snippet_features' and (
+      config.data.batch_size <= 0 or config.data.batch_size % num_processes):
+    problems.append(f'config.data.batch_size={config.data.batch_size} must be a positive '
+                    f'multiple of the {num_processes} hosts.')
+  problems += data_problems(config.data, _eval_splits(config, protocol), num_processes)
+  problems += _eval_run_problems(config, protocol, workdir)
+  raise_if_any_host_has(problems)

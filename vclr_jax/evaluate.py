@@ -19,6 +19,7 @@ import jax
 from ml_collections import config_flags
 
 from vclr_jax import cli_errors
+from vclr_jax import config_checks
 from vclr_jax import quiet_logs
 from vclr_jax.evaluation import finetune
 from vclr_jax.evaluation import protocols
@@ -59,6 +60,9 @@ def main(argv):
                          f'{kind}; the --config given has none.')
   if FLAGS.distributed:
     jax.distributed.initialize()
+  # Before the first log line and before anything is written under the run.
+  config_checks.validate_eval_config(FLAGS.config, FLAGS.eval, FLAGS.workdir, jax.device_count(),
+                                     jax.process_count())
   logging.info('JAX %s on %d %s devices, process %d of %d.', jax.__version__, jax.device_count(),
                jax.default_backend(), jax.process_index(), jax.process_count())
   log = logging.info if jax.process_index() else print

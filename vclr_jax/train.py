@@ -13,6 +13,7 @@ import numpy as np
 
 from vclr_jax import batch as batch_layout
 from vclr_jax import checkpointing
+from vclr_jax import cli_errors
 from vclr_jax import config_checks
 from vclr_jax import global_batches
 from vclr_jax import profiling
@@ -168,6 +169,10 @@ def divergence_message(*, in_a_row: int, last_step: int, max_in_a_row: int, work
       + resume_command(argv, step, lower))
 
 
+class DivergedError(cli_errors.RunStopped, FloatingPointError):
+  """Too many non-finite steps in a row; names the checkpoint to resume from and the command."""
+
+
 def nonfinite_guard(max_in_a_row: int, describe_stop):
   """Raises once ``max_in_a_row`` steps in a row were not finite; ``describe_stop(step,
   in_a_row)`` gives the message."""
@@ -175,7 +180,7 @@ def nonfinite_guard(max_in_a_row: int, describe_stop):
   def check(step: int, metrics):
     in_a_row = int(metrics['nonfinite_in_a_row'])
     if in_a_row >= max_in_a_row:
-      raise FloatingPointError(describe_stop(step, in_a_row))
+      raise DivergedError(describe_stop(step, in_a_row))
 
   return check
 
@@ -206,6 +211,8 @@ def shuffle_bn_line(model: ml_collections.ConfigDict, num_devices: int,
                f'config.json: {before[0]} neighbouring devices, {before[1]} groups per device)')
   return line + '.'
 
+
+@checkpointing.closes_managers
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        argv: Sequence[str] | None = None) -> dict[str, float]:
   """Trains (resuming from ``workdir`` if it holds a checkpoint); returns the last logged metrics.
@@ -276,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           'skipped_examples': float(getattr(host_iterator, 'skipped_examples', 0))},
       host_stop=lambda: getattr(host_iterator, 'stop_error', None),
       profile=profiling.ProfileWindow.from_config(workdir, config.profile, logging.info))
-  if result.stopped_by is None and jax.process_index() == 0:
+  if jax.process_index() == 0:
     from vclr_jax import plots  # matplotlib and tensorboard, once at the end
     logging.info('Training curves: %s', plots.write_curves(workdir))
   return result.last_metrics

@@ -8,9 +8,11 @@ rate and the ETA.
 A stop is the same on every host. SIGTERM/SIGINT only raise a flag on the host that got
 them; each step also runs a tiny all-reduce of every host's flag, and all hosts read the
 previous step's result, so they see the same value at the same step, save that step together
-and return. The platform's preemption notice (Orbax's ``reached_preemption``, agreed by JAX's
-coordination service) stops the loop the same way. So does an error that this host's input
-wants to end the run with (``host_stop``: too many damaged records, input_pipeline/damage.py):
+and raise cli_errors.RunStopped (exit status 3: the message says which step is saved and to
+rerun the same command). The platform's preemption notice (Orbax's ``reached_preemption``,
+agreed by JAX's coordination service) stops the loop the same way. So does an error that
+this host's input wants to end the run with (``host_stop``: too many damaged records,
+input_pipeline/damage.py):
 every host saves the same step, then the host with the error raises it and the others raise
 StoppedByAnotherHost. Reading the previous step's values keeps one step in flight.
 
@@ -44,7 +46,7 @@ from vclr_jax import profiling
 _NO_STOP, _SIGNAL, _HOST_ERROR = 0, 1, 2
 
 
-class StoppedByAnotherHost(RuntimeError):
+class StoppedByAnotherHost(cli_errors.RunStopped):
   """Another host's input error (named in that host's log) stopped every host at a saved step."""
 
 
@@ -83,8 +85,6 @@ def make_any_host(mesh: Mesh, axis: str = 'data') -> Callable[[int], jax.Array]:
 class LoopResult:
   state: Any
   last_metrics: dict[str, float]
-  # 'SIGTERM', 'SIGINT', 'preemption', 'a stop request from another host' or None (finished)
-  stopped_by: str | None
 
 
 def format_rate(steps_per_sec: float, batch_size: int, remaining_steps: int) -> str:
@@ -238,11 +238,15 @@ def _run(stop: StopRequested, *, step_fn, state, batches: Iterator, manager, mes
     previous_stop = stop_now
   checkpointing.save(manager, int(jax.device_get(state.step)), state, force=True)
   _finish(manager, writer)
+  if not stopped_by:
+    return LoopResult(state=state, last_metrics=last_metrics)
+  saved = f'Step {step} of {manager.directory} is saved; a rerun resumes from it.'
   if stop_code == _HOST_ERROR:
-    saved = f'Step {step} of {manager.directory} is saved; a rerun resumes from it.'
     error = host_stop()
     if error is not None:
-      raise type(error)(f'{error} {saved}') from error
-    raise StoppedByAnotherHost(f'Another host stopped the run because of an input error (its '
-                               f'log names it). {saved}')
-  return LoopResult(state=state, last_metrics=last_metrics, stopped_by=stopped_by)
+      raise type(error)(cli_errors.before_last_line(str(error), saved)) from error
+    raise StoppedByAnotherHost(
+        'Another host stopped the run because of an input error (its output names it).\n'
+        f'{saved}\nRepair what that host names, then rerun the same command to resume.')
+  raise cli_errors.RunStopped(f'The run stopped on {stopped_by}.\n{saved}\n'
+                              'Rerun the same command to resume.')

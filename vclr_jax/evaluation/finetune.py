@@ -192,17 +192,17 @@ def evaluate_tsn(model: TSN, state: FinetuneState, config, mesh, clip_length: in
   return linear.top_k_accuracies(np.concatenate(scores)[keep], np.concatenate(labels)[keep])
 
 
+@checkpointing.closes_managers
 def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict[str, float]:
-  """Fine-tunes (resuming if RUN/finetune/<name> holds a checkpoint), tests, records the result."""
+  """Fine-tunes (resuming if RUN/finetune/<name> holds a checkpoint), tests, records the result.
+
+  ``config`` is one that config_checks.validate_eval_config accepted (python -m
+  vclr_jax.evaluate runs it first)."""
   from input_pipeline import record_stream
   from input_pipeline import records
   from input_pipeline import tsn_reader
   data = config.data
   mesh = train_step.make_mesh()
-  for name in ('batch_size', 'test_batch_size'):
-    if config[name] % mesh.size:
-      raise ValueError(f'config.{name}={config[name]} must be divisible by the {mesh.size} '
-                       'devices.')
   run_config = checkpointing.load_run_config(workdir)
   clip_length, clip_stride = batch_layout.clip_shape(run_config.data)
   source_dir = records.source_dir(data)
@@ -249,8 +249,6 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
                                     f'{means["loss"]:.4f} | acc {means["accuracy"]:.2f}'),
       window_extras=lambda _: {'skipped_examples': float(host_iterator.skipped_examples)},
       host_stop=lambda: host_iterator.stop_error)
-  if result.stopped_by:
-    return {}
   if jax.process_index() == 0:
     from vclr_jax import plots  # matplotlib and tensorboard, once at the end
     log(f'Fine-tuning curves: {plots.write_curves(out_dir)}')
