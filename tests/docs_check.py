@@ -11,7 +11,8 @@ In every fenced shell block (```bash, ```sh, ```shell, ```console or a plain ```
 Outside code, every relative link and image resolves, and a `#anchor` names a heading of the
 target page (GitHub's anchors).
 
-check(paths, repo) returns the problems as 'path:line: what' strings.
+check(paths, repo) returns the problems as 'path:line: what' strings; check_notebook_links
+does the link part for a notebook's markdown cells.
 """
 
 from __future__ import annotations
@@ -247,6 +248,15 @@ def check_links(repo: str, path: str, text: str) -> list[str]:
       elif anchor and resolved.endswith('.md') and anchor not in heading_anchors(resolved):
         problems.append(f'{where}: {target}: no heading with that anchor')
   return problems
+
+
+def check_notebook_links(path: str, repo: str) -> list[str]:
+  """The relative links of a Jupyter notebook's markdown cells (lines count within them)."""
+  import json  # pylint: disable=g-import-not-at-top
+  with open(path, encoding='utf-8') as f:
+    cells = json.load(f)['cells']
+  text = '\n'.join(''.join(cell['source']) for cell in cells if cell['cell_type'] == 'markdown')
+  return check_links(repo, path, text)
 
 
 def check(paths, repo: str) -> list[str]:

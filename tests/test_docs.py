@@ -17,6 +17,11 @@ def test_every_command_flag_config_key_and_link_of_the_docs_exists():
   assert docs_check.check(DOCS, REPO) == []
 
 
+def test_the_links_of_the_notebook_resolve():
+  notebook = os.path.join(REPO, 'notebooks', 'vclr_colab.ipynb')
+  assert docs_check.check_notebook_links(notebook, REPO) == []
+
+
 SAMPLE = """# Sample
 
 ## Running it
