@@ -15,8 +15,8 @@ of 2 frames need videos of 12 frames (two disjoint clips per segment), so the pr
 above skips the shorter synthetic videos (0.6 s at 12 fps is 7 frames: 265 of 288 training
 videos stay). 3D convolutions cost more than the 2D demo's on a CPU, so the run is short: 3
 epochs, 48 steps, about 3 minutes on 2 idle CPU cores (0.35 steps/s after a minute of
-compiling, measured 2026-12-05). What it learns, against random init, is in docs/evidence.md ("The 3D
-demo"); 12 epochs did not do better.
+compiling, measured 2026-12-05). What it learns, against random init, is in
+docs/evidence.md ("The 3D demo"); 12 epochs did not do better.
 """
 
 import ml_collections

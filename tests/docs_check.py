@@ -30,12 +30,15 @@ REPO_PACKAGES = ('vclr_jax', 'input_pipeline', 'configs', 'benchmarks', 'scripts
 BUILTIN_FLAGS = frozenset({'help', 'helpfull', 'flagfile'})
 
 _FENCE = re.compile(r'^\s*(```+|~~~+)\s*([\w+-]*)')
-_PYTHON = re.compile(r'(?:^|(?<=[\s;&|(]))python3?\s+(?:-m\s+(?P<module>[\w.]+)|(?P<script>[\w./-]+\.py))'
-                     r'(?P<args>[^;&|]*)')
-_FLAG = re.compile(r'(?<![\w-])--(?P<name>[A-Za-z][\w-]*)(?P<keys>(?:\.[\w-]+)*)(?:=(?P<value>\S*))?')
-_ASSIGNMENT = re.compile(r'^\s*(?:export\s+)?(?P<name>[A-Za-z_]\w*)=(?P<quote>["\']?)(?P<value>.*)(?P=quote)\s*$')
+_PYTHON = re.compile(r'(?:^|(?<=[\s;&|(]))python3?\s+'
+                     r'(?:-m\s+(?P<module>[\w.]+)|(?P<script>[\w./-]+\.py))(?P<args>[^;&|]*)')
+_FLAG = re.compile(r'(?<![\w-])--(?P<name>[A-Za-z][\w-]*)(?P<keys>(?:\.[\w-]+)*)'
+                   r'(?:=(?P<value>\S*))?')
+_ASSIGNMENT = re.compile(r'^\s*(?:export\s+)?(?P<name>[A-Za-z_]\w*)='
+                         r'(?P<quote>["\']?)(?P<value>.*)(?P=quote)\s*$')
 _VARIABLE = re.compile(r'\$\{?([A-Za-z_]\w*)\}?')
-_LINK = re.compile(r'!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?(?P<target>[^)\s>]+)>?(?:\s+"[^"]*")?\s*\)')
+_LINK = re.compile(r'!?\[(?:[^\[\]]|\[[^\]]*\])*\]'
+                   r'\(\s*<?(?P<target>[^)\s>]+)>?(?:\s+"[^"]*")?\s*\)')
 _HTML_SRC = re.compile(r'<(?:img|a)\b[^>]*\b(?:src|href)="(?P<target>[^"]+)"')
 _INLINE_CODE = re.compile(r'(`+).*?\1')
 
@@ -140,8 +143,10 @@ class EntryPoint:
     for node in ast.walk(tree):
       if not isinstance(node, ast.Call):
         continue
-      func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, 'id', '')
-      strings = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+      func = (node.func.attr if isinstance(node.func, ast.Attribute)
+              else getattr(node.func, 'id', ''))
+      strings = [arg.value for arg in node.args
+                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
       if func.startswith('DEFINE') and strings:
         self.flags.add(strings[0])
         if func in ('DEFINE_bool', 'DEFINE_boolean'):

@@ -105,8 +105,9 @@ def test_the_contract_modules_import_nothing_of_the_project():
 
 
 def test_the_tfds_builder_defines_the_configs_the_record_code_names():
-  from input_pipeline import records  # pylint: disable=g-import-not-at-top
-  from input_pipeline.vclr_videos import vclr_videos_dataset_builder  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from input_pipeline import records
+  from input_pipeline.vclr_videos import vclr_videos_dataset_builder
   builder = vclr_videos_dataset_builder.Builder
   assert tuple(config.name for config in builder.BUILDER_CONFIGS) == records.TFDS_CONFIGS
   assert str(builder.VERSION) == records.TFDS_VERSION

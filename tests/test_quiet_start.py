@@ -28,7 +28,8 @@ def test_the_filter_drops_only_the_noise_written_to_file_descriptor_2(capfd):
     os.write(2, b'a real warning\n')
     return 7
 
-  assert quiet_logs._run_with_filtered_stderr(native_import) == 7  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  assert quiet_logs._run_with_filtered_stderr(native_import) == 7
   assert capfd.readouterr().err == 'a real warning\n'
 
 

@@ -25,7 +25,7 @@ def to_global(host_batch: dict[str, np.ndarray], mesh: Mesh, axis: str = 'data')
   The host's rows go to its devices in the order of the global rows those hold, as with
   ``jax.make_array_from_process_local_data``, the path multi-host runs took before: on an
   H200 (one process) it placed 906 K400 videos/s, below the train step's 1,160, and
-  ``jax.device_put`` 14,030 (README, Benchmarks). benchmarks/input_pipeline.py
+  ``jax.device_put`` 14,030 (docs/performance.md). benchmarks/input_pipeline.py
   --placement_only times both paths.
   """
   sharding = NamedSharding(mesh, P(axis))
