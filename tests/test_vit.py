@@ -179,3 +179,57 @@ def test_bn_settings_with_a_vit_are_one_line_errors():
   resnet.model.freeze_patch_embedding = True
   with pytest.raises(ConfigError, match='freeze_patch_embedding'):
     config_checks.validate_config(resnet, 1, 1)
+
+
+@pytest.mark.parametrize('layout', ['deit', 'mocov3'])
+def test_init_from_reads_deit_and_moco_v3_vit_checkpoints(layout, tmp_path):
+  import torch
+  from vclr_jax import train
+  vit_size = vit.spec('vit_ti16', TINY['vit_width'], TINY['vit_depth'], TINY['vit_heads'])
+  model = timm_vit('vit_ti16', vit_size)
+  torch.manual_seed(0)
+  for parameter in model.parameters():  # away from timm's init, so that every tensor counts
+    parameter.data.normal_()
+  timm_state = model.state_dict()
+  width = TINY['vit_width']
+  if layout == 'deit':
+    # DeiT's checkpoints: {'model': state dict with the classifier, 'optimizer', 'epoch', ...}.
+    contents = {'model': dict(timm_state, **{'head.weight': torch.zeros(10, width),
+                                            'head.bias': torch.zeros(10)}), 'epoch': 299}
+  else:
+    # MoCo v3's: base and momentum encoders, each with its projection MLP, and the predictor.
+    encoder = dict(timm_state, **{'head.0.weight': torch.zeros(64, width),
+                                  'head.1.running_mean': torch.zeros(64)})
+    contents = {'state_dict': {
+        **{f'module.base_encoder.{k}': v for k, v in encoder.items()},
+        **{f'module.momentum_encoder.{k}': v for k, v in encoder.items()},
+        'module.predictor.0.weight': torch.zeros(64, 256)}, 'epoch': 300, 'arch': 'vit_small'}
+  path = str(tmp_path / 'checkpoint.pth.tar')
+  torch.save(contents, path)
+  config = tiny_vit_config()
+  state = jax.device_get(ts.create_train_state(config, 16, jax.random.key(0)))
+  variables = train.load_initial_weights(path, state)
+  backbone = dict(jax.tree_util.tree_flatten_with_path(variables['params']['backbone'])[0])
+  from vclr_jax.interop.torch_layout import from_torch_array, torch_name
+  assert len(backbone) == len(timm_state)
+  for key_path, value in backbone.items():
+    flax_path = ('params', 'backbone') + tuple(p.key for p in key_path)
+    expected = from_torch_array(flax_path, timm_state[torch_name(flax_path)].numpy())
+    np.testing.assert_array_equal(value, expected)
+  # The heads are VCLR's own, as initialised.
+  np.testing.assert_array_equal(variables['params']['inter_head']['fc0']['kernel'],
+                                state.params['inter_head']['fc0']['kernel'])
+
+
+def test_a_position_embedding_of_another_grid_is_resampled_as_timm_does(tmp_path):
+  import torch
+  from timm.layers import resample_abs_pos_embed
+  vit_size = vit.spec('vit_ti16', TINY['vit_width'], TINY['vit_depth'], TINY['vit_heads'])
+  timm_state = timm_vit('vit_ti16', vit_size).state_dict()
+  torch.manual_seed(0)
+  small = torch.randn(1, 1 + 6 * 6, TINY['vit_width'])  # a checkpoint trained at 96 px
+  path = str(tmp_path / 'small_grid.pth')
+  torch.save(dict(timm_state, pos_embed=small), path)
+  template = jax.tree.map(np.zeros_like, tiny_variables())
+  loaded = load_pytorch_variables(path, template)['params']['backbone']['pos_embed']
+  np.testing.assert_allclose(loaded, resample_abs_pos_embed(small, (14, 14)).numpy(), atol=1e-5)

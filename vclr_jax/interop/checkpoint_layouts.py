@@ -18,6 +18,13 @@ without torch) and how their keys are read; see docs/interop.md for the user-fac
   the other entries are ignored.
 - mmaction2 checkpoint ``{'state_dict': {'backbone.conv1.conv.weight', ...}}`` (our mmaction2
   export, or a TSN/TSM model with a 2D ResNet backbone); ``cls_head.*`` is ignored.
+- timm / DeiT ViT state dict, bare or under 'model' (DeiT's checkpoints) or 'state_dict' (also
+  our timm export): ``cls_token``, ``pos_embed``, ``patch_embed.proj.weight``, ``blocks.0...``
+  (interop/timm_layout.py); the classifier ``head.*`` (and DeiT's ``head_dist.*``) is ignored.
+- MoCo v3 ViT checkpoint ``{'state_dict': {'module.base_encoder.<timm key>', ...}}``: the base
+  encoder is read; its projection MLP ``head.*``, ``module.momentum_encoder.*`` and
+  ``module.predictor.*`` are ignored. (MoCo v3's ViT-S has 12 heads: set
+  config.model.vit_heads=12.)
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ TORCH_SUFFIXES = ('.pth', '.pt', '.tar')
 SAFETENSORS_SUFFIX = '.safetensors'
 
 _MOCO_QUERY_PREFIX = 'module.encoder_q.'
+_MOCO_V3_PREFIX = 'module.base_encoder.'
+_VIT_CLASSIFIERS = ('head.', 'head_dist.')  # timm's classifier, DeiT's distillation head
 _MMACTION2_PREFIX = 'backbone.'
 _MOCO_PROJECTION = ('fc.0.weight', 'fc.0.bias', 'fc.2.weight', 'fc.2.bias')
 _TORCHVISION_CLASSIFIER = ('fc.weight', 'fc.bias')
@@ -49,7 +58,7 @@ class TorchWeights:
 
   Attributes:
     path: the file.
-    layout: 'torchvision', 'moco', 'vclr_reference' or 'mmaction2'.
+    layout: 'torchvision', 'moco', 'vclr_reference', 'mmaction2', 'timm' or 'mocov3'.
     tensors: canonical name -> array in torch layout.
     sources: canonical name -> the key it was read from in the file.
     ignored: {reason: [file keys]} for keys that are known and deliberately not used.
@@ -139,6 +148,19 @@ def _state_dict_of(contents: Mapping, ignored: dict) -> Mapping:
 
 def _canonical_names(keys: list[str], ignored: dict) -> tuple[str, dict[str, str]]:
   """(layout, {canonical name: file key}) for the keys this module reads."""
+  if any(k.startswith(_MOCO_V3_PREFIX) for k in keys):
+    encoder = {k[len(_MOCO_V3_PREFIX):]: k for k in keys if k.startswith(_MOCO_V3_PREFIX)}
+    ignored['MoCo v3 projection head (VCLR has its own heads)'] = [
+        k for name, k in encoder.items() if name.startswith('head.')]
+    ignored['MoCo v3 momentum encoder and predictor'] = [
+        k for k in keys if not k.startswith(_MOCO_V3_PREFIX)]
+    return 'mocov3', {name: k for name, k in encoder.items() if not name.startswith('head.')}
+  if 'cls_token' in keys or 'module.cls_token' in keys:
+    renamed = {k[len('module.'):] if k.startswith('module.') else k: k for k in keys}
+    ignored['timm classifier'] = [k for name, k in renamed.items()
+                                  if name.startswith(_VIT_CLASSIFIERS)]
+    return 'timm', {name: k for name, k in renamed.items()
+                    if not name.startswith(_VIT_CLASSIFIERS)}
   if any(k.startswith(_MOCO_QUERY_PREFIX) for k in keys):
     ignored['MoCo key encoder and queue'] = [
         k for k in keys if not k.startswith(_MOCO_QUERY_PREFIX)]

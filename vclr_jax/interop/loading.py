@@ -17,6 +17,8 @@ _LAYOUT_DESCRIPTIONS = {
     'moco': 'MoCo checkpoint (query encoder; its projection head copied into all four heads)',
     'vclr_reference': 'reference VCLR checkpoint',
     'mmaction2': 'mmaction2 checkpoint (backbone only)',
+    'timm': 'timm / DeiT ViT state dict',
+    'mocov3': 'MoCo v3 ViT checkpoint (base encoder, without its projection head)',
 }
 
 
@@ -73,25 +75,37 @@ def fill_variables(weights: TorchWeights, template: Mapping) -> tuple[dict, Load
     source = weights.sources[name]
     value = weights.tensors[name]
     expected = torch_shape(path, np.shape(leaf))
+    if name == 'pos_embed' and value.shape != expected and value.shape[2:] == expected[2:]:
+      value = _resampled_position_embedding(value, expected)
     if value.shape != expected:
       raise ValueError(
           f'{weights.path}: {source!r} has shape {tuple(value.shape)} but the model\'s '
           f'{"/".join(path)} needs {expected}. The file holds a different network: set '
           'config.model.depth / width_multiplier to the file\'s (for the converter: --depth / '
-          '--width_multiplier, or leave them out to infer them).')
+          '--width_multiplier, or leave them out to infer them); for a ViT, '
+          'config.model.architecture or vit_width / vit_depth.')
     filled[path] = from_torch_array(path, value).astype(leaf.dtype, copy=False)
     loaded.append(source)
     loaded_backbone = loaded_backbone or path[1] == 'backbone'
   if not loaded_backbone:
     raise ValueError(f'{weights.path}: none of its {len(weights.tensors)} tensors is a weight of '
-                     f'the ResNet backbone (first keys: {list(weights.sources.values())[:5]}). '
-                     'Expected torchvision, MoCo, reference VCLR or mmaction2 key names; see '
+                     f'the model\'s backbone (first keys: {list(weights.sources.values())[:5]}). '
+                     'Expected torchvision, MoCo, reference VCLR or mmaction2 key names (timm, '
+                     'DeiT or MoCo v3 for a ViT), matching config.model.architecture; see '
                      'docs/interop.md.')
   used = {torch_name(path) for path in flat_template}
   unexpected = [weights.sources[name] for name in weights.tensors if name not in used]
   variables = dict(template)
   variables.update(traverse_util.unflatten_dict(filled))
   return variables, LoadReport(weights, loaded, missing, unexpected)
+
+
+def _resampled_position_embedding(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """A ViT position embedding of another square grid (a checkpoint trained at another frame
+  size) resampled to ``shape``, as timm's checkpoint loading does."""
+  from vclr_jax.models.vit import resample_position_embedding
+  grid = int(round((shape[1] - 1) ** 0.5))
+  return np.asarray(resample_position_embedding(value, (grid, grid)))
 
 
 def load_pytorch_variables(path: str, template: Mapping) -> dict:
