@@ -11,6 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, 'README.md')
 DOCS = [README] + sorted(glob.glob(os.path.join(REPO, 'docs', '*.md')))
 README_MAX_LINES = 250
+EVIDENCE_MAX_LINES = 150
 
 
 def test_every_command_flag_config_key_and_link_of_the_docs_exists():
@@ -90,9 +91,11 @@ def test_github_anchors():
       'what-bn_batchingreference-costs')
 
 
-def test_readme_is_short():
-  with open(README, encoding='utf-8') as f:
-    assert len(f.read().splitlines()) <= README_MAX_LINES
+def test_readme_and_evidence_are_short():
+  for path, most in ((README, README_MAX_LINES),
+                     (os.path.join(REPO, 'docs', 'evidence.md'), EVIDENCE_MAX_LINES)):
+    with open(path, encoding='utf-8') as f:
+      assert len(f.read().splitlines()) <= most, path
 
 
 def test_no_process_history_in_the_docs():
