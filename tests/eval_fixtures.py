@@ -20,6 +20,8 @@ def make_encoder_run(workdir, config, step=1, steps=None):
   frames = jnp.zeros((1,) + batch_layout.frames_shape(3, (size, size), config.data.clip_length))
   variables = jax.jit(lambda rng: model.init(rng, frames, train=False))(
       jax.random.key(config.seed))
+  # A ViT has no BatchNorm: its checkpoints hold empty statistics, as a training run's do.
+  variables = {'batch_stats': {}, **variables}
   checkpointing.write_run_config(str(workdir), config)
   for index, saved_step in enumerate((step,) if steps is None else steps):
     scaled = dict(variables, params=jax.tree.map(lambda x: x * np.float32(1 + 0.5 * index),

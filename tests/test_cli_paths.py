@@ -122,10 +122,9 @@ def test_export_results_and_pictures_on_ram(ram_root, fmt, capsys):
 
   from vclr_jax import visualize
   frames = np.full((2, 12, 16, 3), 90, np.uint8)
-  source = visualize.Source('encoder', 'a stand-in', model, {})
   maps = np.linspace(0, 1, 2 * 12 * 16).reshape(2, 12, 16)
-  grid = visualize.write_pictures(f'{workdir}/gradcam', frames,
-                                  [(source, maps, np.array([0.5, 0.25]))])
+  grid = visualize.write_pictures(f'{workdir}/gradcam', frames, [visualize.Row(
+      'encoder', 'a stand-in', 'gradcam', maps, np.array([0.5, 0.25]))])
   assert grid == f'{workdir}/gradcam/{visualize.GRID_FILENAME}'
   written = sorted(tf.io.gfile.listdir(f'{workdir}/gradcam'))
   assert written == sorted([visualize.GRID_FILENAME, 'frame_0.png', 'frame_1.png',

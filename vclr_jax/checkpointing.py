@@ -24,6 +24,7 @@ from etils import epath
 from vclr_jax import cli_errors
 from vclr_jax.cli_errors import NoCheckpointError
 from vclr_jax.cli_errors import UserError
+from vclr_jax.models import video3d
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -150,9 +151,10 @@ def require_frame_backbone(run_config: ml_collections.ConfigDict, workdir, what:
   """Raises UserError for a run with a 3D backbone, which ``what`` cannot take: Grad-CAM and
   the snippet features are defined per frame."""
   architecture = run_config.model.get('architecture', 'resnet')
-  if architecture != 'resnet':
+  if architecture in video3d.ARCHITECTURES:
     raise UserError(f'{workdir} pretrained a 3D backbone (config.model.architecture='
-                    f'{architecture!r}) on clips; {what} takes frames of 2D ResNets only. '
+                    f'{architecture!r}) on clips; {what} takes frames of 2D ResNets and ViTs '
+                    'only. '
                     'Evaluate it on clips with python -m vclr_jax.evaluate (linear, retrieval, '
                     'finetune), or export the encoder (python -m vclr_jax.export '
                     '--format=torchvision) to use it in PyTorch.')

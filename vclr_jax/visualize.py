@@ -1,4 +1,5 @@
-"""Grad-CAM maps of the last ResNet stage for a few frames of a video, for one or more encoders.
+"""Grad-CAM maps of the last ResNet stage (a ViT's class-token attention) for a few frames of a
+video, for one or more encoders.
 
   python -m vclr_jax.visualize --workdir=runs/k400 --video=clip.mp4 --out=gradcam/
   python -m vclr_jax.visualize --workdir=runs/k400/finetune/ucf101 \
@@ -27,6 +28,15 @@ ReLU(sum_c w_c A_c), bilinearly upsampled to the frame and divided by its maximu
 Writes OUT/frame_<k>.png, OUT/<source>_gradcam_<k>.png (the map, jet colours),
 OUT/<source>_overlay_<k>.png, and OUT/gradcam_grid.png (frames, then one row of overlays per
 source, titled with the target's value, the target named on the left).
+
+A ViT run (pretraining or fine-tuned) is shown by its class token's attention in the last block
+instead: for each head, the class token's attention weights over the patches, divided by
+their sum (the weight it gives itself left out), so each map sums to 1 over the patches; and
+their mean over the heads. It takes one row per head and one for the mean, titled with the
+share of the class token's attention that went to patches, in the same grid; the maps are
+saved as OUT/<source>-<head or mean>_attention_<k>.png and, at patch resolution, in
+OUT/<source>_attention.npz ('maps': (frames, heads, rows, columns), 'on_patches': (frames,
+heads)).
 """
 
 from __future__ import annotations
@@ -49,7 +59,9 @@ from PIL import Image
 from vclr_jax import augment
 from vclr_jax import checkpointing
 from vclr_jax.evaluation.finetune import TSN
+from vclr_jax.models import vit
 from vclr_jax.models.resnet import STAGE_BLOCKS, ResNet
+from vclr_jax.models.vclr import vit_spec
 from vclr_jax.config_checks import PYTORCH_SUFFIXES
 
 DEFAULT_IMAGE_SIZE = 224
@@ -149,17 +161,50 @@ def tsn_consensus_class(model, variables: dict, frames: jax.Array) -> jax.Array:
   return jnp.argmax(logits[0])
 
 
+@functools.partial(jax.jit, static_argnames=('model', 'depth'))
+def class_token_attention(model, depth: int, variables: dict, frames: jax.Array):
+  """((N, heads, rows, cols) maps, (N, heads) weight on the patches) of the class token's
+  attention in the last of ``depth`` blocks of a ViT ``model`` (or a TSN with a ViT backbone,
+  each frame a one-segment video) on (N, H, W, 3) uint8 frames; each map is the attention over
+  the patches divided by its sum, so it sums to 1."""
+  inputs = augment.normalize_uint8(frames)
+  if isinstance(model, TSN):
+    inputs = inputs[:, None]
+  _, state = model.apply(variables, inputs, train=False, mutable=['intermediates'])
+  (attention,) = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+                  if f"['blocks_{depth - 1}']['attn']['attention']" in jax.tree_util.keystr(path)]
+  to_patches = attention[:, :, 0, 1:]  # the class token's row, without its own column
+  on_patches = to_patches.sum(axis=-1)
+  grid = (frames.shape[1] // vit.PATCH_SIZE, frames.shape[2] // vit.PATCH_SIZE)
+  maps = to_patches / on_patches[..., None]
+  return maps.reshape(maps.shape[:2] + grid), on_patches
+
+
 @dataclasses.dataclass
 class Source:
-  """One encoder to explain: a ResNet (similarity target) or a TSN (class target)."""
+  """One encoder to explain: a ResNet (similarity target), a TSN (class target) or a ViT
+  (``vit_depth`` set: the class token's attention, with or without a TSN around it)."""
   name: str  # file-name safe, unique
   description: str
   model: nn.Module
   variables: dict
+  vit_depth: int = 0
 
   @property
   def target_name(self) -> str:
+    if self.vit_depth:
+      return 'class token attention on patches'
     return 'class logit' if isinstance(self.model, TSN) else 'similarity to the video feature'
+
+
+@dataclasses.dataclass
+class Row:
+  """One row of overlays in the grid: (N, H, W) maps in [0, 1] and a value per frame."""
+  name: str  # file-name prefix
+  label: str  # what the values are, on the left of the row
+  picture: str  # 'gradcam' or 'attention', in the file names
+  maps: np.ndarray
+  values: np.ndarray
 
 
 def _backbone_source(name, description, depth, width_multiplier, variables) -> Source:
@@ -193,13 +238,19 @@ def load_source(path: str) -> Source:
   run_config = checkpointing.load_run_config(run_dir)
   checkpointing.require_frame_backbone(run_config, run_dir, 'Grad-CAM (vclr_jax.visualize)')
   model_config = run_config.model
+  vit_size = vit_spec(model_config)
+  vit_depth = vit_size.depth if vit_size else 0
   if not finetuned:
+    if vit_size:
+      return Source(name, f'{path} step {step}', vit.VisionTransformer(vit_size),
+                    {'params': variables['params']['backbone']}, vit_depth)
     return _backbone_source(name, f'{path} step {step}', model_config.depth,
                             model_config.width_multiplier, variables)
   num_classes = variables['params']['classifier']['kernel'].shape[-1]
   return Source(f'finetune-{name}', f'{path} step {step} (fine-tuned)',
-                TSN(model_config.depth, model_config.width_multiplier, num_classes, dropout=0.0),
-                variables)
+                TSN(model_config.depth, model_config.width_multiplier, num_classes, dropout=0.0,
+                    architecture=model_config.get('architecture', 'resnet'), vit_size=vit_size),
+                variables, vit_depth)
 
 
 def grad_cam(source: Source, frames: np.ndarray,
@@ -213,6 +264,27 @@ def grad_cam(source: Source, frames: np.ndarray,
     class_index = None
   maps, targets = grad_cam_maps(source.model, class_index, source.variables, frames)
   return np.asarray(maps), np.asarray(targets)
+
+
+def attention_rows(source: Source, frames: np.ndarray, out_dir: str) -> list[Row]:
+  """A ViT source's rows (every head, then the mean of the heads); writes the patch-level maps
+  to OUT/<source>_attention.npz."""
+  maps, on_patches = (np.asarray(x) for x in class_token_attention(
+      source.model, source.vit_depth, source.variables, jnp.asarray(frames)))
+  out_dir = epath.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  with (out_dir / f'{source.name}_attention.npz').open('wb') as f:
+    np.savez(f, maps=maps, on_patches=on_patches)
+  maps = np.concatenate([maps, maps.mean(axis=1, keepdims=True)], axis=1)
+  on_patches = np.concatenate([on_patches, on_patches.mean(axis=1, keepdims=True)], axis=1)
+  rows = []
+  for head in range(maps.shape[1]):
+    tag = 'mean' if head == maps.shape[1] - 1 else f'head{head}'
+    # Up to the frame's size the way Grad-CAM's maps go, the whole patch grid stretched over it.
+    shown = upsample_and_normalise(jnp.asarray(maps[:, head]), frames.shape[1:3])
+    rows.append(Row(f'{source.name}-{tag}', f'{source.target_name} ({tag})', 'attention',
+                    np.asarray(shown), on_patches[:, head]))
+  return rows
 
 
 def evenly_spaced(num_frames: int, count: int) -> np.ndarray:
@@ -254,8 +326,7 @@ def overlay(frame: np.ndarray, cam_map: np.ndarray) -> np.ndarray:
   return blended.round().astype(np.uint8)
 
 
-def write_pictures(out_dir: str, frames: np.ndarray, results: list[tuple[Source, np.ndarray,
-                                                                            np.ndarray]]) -> str:
+def write_pictures(out_dir: str, frames: np.ndarray, rows: list[Row]) -> str:
   """The PNGs described in the module docstring; returns the grid's path."""
   import matplotlib
   matplotlib.use('Agg')
@@ -270,21 +341,21 @@ def write_pictures(out_dir: str, frames: np.ndarray, results: list[tuple[Source,
 
   for k, frame in enumerate(frames):
     save(frame, f'frame_{k}.png')
-    for source, maps, _ in results:
-      save(colourise(maps[k]), f'{source.name}_gradcam_{k}.png')
-      save(overlay(frame, maps[k]), f'{source.name}_overlay_{k}.png')
-  rows, cols = 1 + len(results), len(frames)
+    for row in rows:
+      save(colourise(row.maps[k]), f'{row.name}_{row.picture}_{k}.png')
+      save(overlay(frame, row.maps[k]), f'{row.name}_overlay_{k}.png')
+  num_rows, cols = 1 + len(rows), len(frames)
   aspect = frames.shape[2] / frames.shape[1]
-  figure, axes = plt.subplots(rows, cols, figsize=(2.4 * aspect * cols, 2.6 * rows),
+  figure, axes = plt.subplots(num_rows, cols, figsize=(2.4 * aspect * cols, 2.6 * num_rows),
                               squeeze=False)
   for k, frame in enumerate(frames):
     axes[0, k].imshow(frame)
     axes[0, k].set_title(f'frame {k}', fontsize=8)
-    for row, (source, maps, targets) in enumerate(results, start=1):
-      axes[row, k].imshow(overlay(frame, maps[k]))
-      axes[row, k].set_title(f'{source.name}: {targets[k]:.3g}', fontsize=7)
+    for index, row in enumerate(rows, start=1):
+      axes[index, k].imshow(overlay(frame, row.maps[k]))
+      axes[index, k].set_title(f'{row.name}: {row.values[k]:.3g}', fontsize=7)
       if k == 0:
-        axes[row, k].set_ylabel(source.target_name, fontsize=7)
+        axes[index, k].set_ylabel(row.label, fontsize=7)
   for axis in axes.flat:
     axis.set_xticks([])
     axis.set_yticks([])
@@ -308,13 +379,18 @@ def visualize(sources: list[str], video: str, out_dir: str, *, video_index: int 
       (checkpointing.load_run_config(path).data.image_size for path in sources
        if (epath.Path(path) / checkpointing.CONFIG_FILE).is_file()), DEFAULT_IMAGE_SIZE)
   frames = read_frames(video, video_index, num_frames, image_size)
-  results = []
+  rows = []
   for source in loaded:
+    if source.vit_depth:
+      rows += attention_rows(source, frames, out_dir)
+      log(f'{source.name}: {source.description}; {source.target_name} (mean of the heads) '
+          f'{np.array2string(rows[-1].values, precision=3)}')
+      continue
     maps, targets = grad_cam(source, frames, class_index)
     log(f'{source.name}: {source.description}; target: {source.target_name} '
         f'{np.array2string(targets, precision=3)}')
-    results.append((source, maps, targets))
-  return write_pictures(out_dir, frames, results)
+    rows.append(Row(source.name, source.target_name, 'gradcam', maps, targets))
+  return write_pictures(out_dir, frames, rows)
 
 
 FLAGS = flags.FLAGS

@@ -38,7 +38,7 @@ from vclr_jax import train_step
 from vclr_jax import training_loop
 from vclr_jax.evaluation import linear
 from vclr_jax.evaluation import results
-from vclr_jax.models.vclr import make_backbone
+from vclr_jax.models.vclr import make_backbone, vit_spec
 
 DATA_AXIS = train_step.DATA_AXIS
 
@@ -52,13 +52,15 @@ class TSN(nn.Module):
   dropout: float
   bn_axis_name: str | None = None
   architecture: str = 'resnet'
+  vit_size: Any = None  # a ViT's size (models/vit.py ViTSpec); None: the architecture's own
 
   @nn.compact
   def __call__(self, frames, train: bool):
     b, k = frames.shape[:2]
     # Named 'backbone' like VCLR's, so a pretraining checkpoint's subtree loads as it is.
     backbone = make_backbone(self.architecture, self.depth, self.width_multiplier,
-                             bn_axis_name=self.bn_axis_name, name='backbone')
+                             bn_axis_name=self.bn_axis_name, name='backbone',
+                             vit_size=self.vit_size)
     feats = backbone(frames.reshape((b * k,) + frames.shape[2:]), train)
     feats = nn.Dropout(self.dropout, deterministic=not train)(feats.reshape(b, k, -1))
     return nn.Dense(self.num_classes, name='classifier')(feats).mean(axis=1)
@@ -98,7 +100,9 @@ def _initial_state(config, workdir, model, optimizer, mesh, clip_length: int):
   size = config.data.image_size
   variables = model.init(jax.random.key(config.seed), jnp.zeros(
       (1,) + batch_layout.frames_shape(1, (size, size), clip_length)), train=False)
-  params, batch_stats = flax.core.unfreeze(variables['params']), dict(variables['batch_stats'])
+  # A ViT has no BatchNorm: no batch_stats.
+  params = flax.core.unfreeze(variables['params'])
+  batch_stats = dict(variables.get('batch_stats', {}))
   source, step = f'random init (seed {config.seed})', None
   if config.init == 'pretrained':
     step = None if config.checkpoint_step < 0 else config.checkpoint_step
@@ -107,7 +111,8 @@ def _initial_state(config, workdir, model, optimizer, mesh, clip_length: int):
         {'backbone': encoder['params']['backbone']}, {'backbone': params['backbone']},
         f'{workdir} (step {step})')
     params['backbone'] = encoder['params']['backbone']
-    batch_stats['backbone'] = encoder['batch_stats']['backbone']
+    if batch_stats:
+      batch_stats['backbone'] = encoder['batch_stats']['backbone']
     source = f'{workdir} step {step}'
   elif config.init != 'random':
     raise ValueError(f"config.init must be 'pretrained' or 'random', got {config.init!r}.")
@@ -214,7 +219,8 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
   total_steps = int(config.num_epochs * steps_per_epoch)
   model = TSN(run_config.model.depth, run_config.model.width_multiplier, index['num_classes'],
               config.dropout, bn_axis_name=DATA_AXIS,
-              architecture=run_config.model.get('architecture', 'resnet'))
+              architecture=run_config.model.get('architecture', 'resnet'),
+              vit_size=vit_spec(run_config.model))
   optimizer = _optimizer(config, steps_per_epoch)
   out_dir = finetune_dir(workdir, config.name)
   manager = checkpointing.make_manager(out_dir, config.checkpoint)

@@ -65,7 +65,9 @@ def load_encoder(config: ml_collections.ConfigDict, workdir: str) -> Encoder:
     directory = finetune.finetune_dir(workdir, config.finetuned_backbone)
     step = None if config.checkpoint_step < 0 else config.checkpoint_step
     finetuned, step = checkpointing.load_encoder_variables(directory, step)
-    variables = {name: {'backbone': tree['backbone']} for name, tree in finetuned.items()}
+    # A ViT's batch_stats are empty: it has no BatchNorm.
+    variables = {name: {'backbone': tree['backbone']} if tree else {}
+                 for name, tree in finetuned.items()}
     return Encoder(model, variables, step, f'{directory} step {step} (fine-tuned backbone)',
                    f'finetune-{config.finetuned_backbone}-step{step}', clip_length, clip_stride)
   checkpoints = checkpointing.absolute(workdir) / checkpointing.CHECKPOINT_DIR
