@@ -78,8 +78,7 @@ def test_grayscale_and_blur_match_torchvision():
                              F.rgb_to_grayscale(torch_image(image))[0].numpy(), atol=1e-6)
   for sigma in (0.3, 1.1, 2.0):
     radius = augment.blur_radius(48, RECIPE)  # 3 sigma_max at 48 px: 2 taps a side
-    weights = augment.blur_weights(sigma, 48, radius)
-    ours = jnp.einsum('sh,hwc,tw->stc', weights, jnp.asarray(image), weights)
+    ours = augment.gaussian_blur(jnp.asarray(image), augment.blur_taps(sigma, radius))
     expected = F.gaussian_blur(torch_image(image), [2 * radius + 1] * 2, [sigma, sigma])
     np.testing.assert_allclose(np.asarray(ours), to_numpy(expected), atol=1e-5, rtol=0)
 
@@ -176,6 +175,87 @@ def test_colour_ops_apply_as_drawn():
                                atol=1 / 255 / min(augment.IMAGENET_STD), err_msg=str(i))
     checked.update(k for k in ('jitter', 'gray', 'blur', 'flip') if p[k])
   assert checked == {'jitter', 'gray', 'blur', 'flip'}
+
+
+def _reference_jitter(image, order, factors):
+  """ColorJitter's four ops applied one after the other in ``order``, plainly, in float64 NumPy
+  with torchvision's formulas (adjust_brightness/contrast/saturation/hue on float tensors)."""
+  x = image.astype(np.float64)
+  grey = lambda x: (0.2989 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2])[..., None]
+  blend = lambda x, other, f: np.clip(f * x + (1 - f) * other, 0, 1)
+  for op in order:
+    name = augment.JITTER_OPS[op]
+    if name == 'brightness':
+      x = blend(x, 0.0, factors[name])
+    elif name == 'contrast':
+      x = blend(x, grey(x).mean(), factors[name])
+    elif name == 'saturation':
+      x = blend(x, grey(x), factors[name])
+    else:  # torchvision's _rgb2hsv, shift, _hsv2rgb
+      r, g, b = x[..., 0], x[..., 1], x[..., 2]
+      maxc, minc = x.max(-1), x.min(-1)
+      equal = maxc == minc
+      chroma = maxc - minc
+      s = chroma / np.where(equal, 1.0, maxc)
+      cr = np.where(equal, 1.0, chroma)
+      rc, gc, bc = (maxc - r) / cr, (maxc - g) / cr, (maxc - b) / cr
+      h = np.where(maxc == r, bc - gc, np.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+      h = np.fmod(h / 6.0 + 1.0, 1.0)
+      h = (h + factors[name]) % 1.0
+      i = np.floor(h * 6.0)
+      f = h * 6.0 - i
+      i = i.astype(int) % 6
+      v = maxc
+      p = np.clip(v * (1 - s), 0, 1)
+      q = np.clip(v * (1 - s * f), 0, 1)
+      t = np.clip(v * (1 - s * (1 - f)), 0, 1)
+      table = np.stack([np.stack(c, -1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v),
+                                                  (t, p, v), (v, p, q))])
+      x = np.take_along_axis(table, i[None, ..., None], axis=0)[0]
+  return x
+
+
+@pytest.mark.parametrize('factors', [
+    dict(brightness=1.35, contrast=0.65, saturation=1.4, hue=0.08),
+    dict(brightness=0.7, contrast=1.38, saturation=0.62, hue=-0.09)])
+def test_jitter_applies_the_drawn_order_for_every_order(factors):
+  """The fused jitter (blend slots around one hue shift, contrast's mean from its own pass)
+  equals the four ops applied one by one in the drawn order, for all 24 orders; factors that
+  clip, so the order matters, and the result for another order is far off."""
+  image = natural_image(40, 56, seed=5).astype(np.float32) / 255
+  orders = list(itertools.permutations(range(augment.NUM_JITTER_OPS)))
+  params = {name: jnp.full((len(orders),), value, jnp.float32) for name, value in factors.items()}
+  params['order'] = jnp.asarray(orders, jnp.int32)
+  ours = np.asarray(jax.jit(jax.vmap(lambda p: augment.color_jitter(jnp.asarray(image), p)))(
+      params))
+  references = np.stack([_reference_jitter(image, order, factors) for order in orders])
+  for i, order in enumerate(orders):
+    np.testing.assert_allclose(ours[i], references[i], rtol=0, atol=2e-5, err_msg=str(order))
+    reversed_order = orders.index(tuple(reversed(order)))
+    assert np.abs(ours[i] - references[reversed_order]).max() > 0.02, order
+  # Not drawn (p 0.2): the crop passes through untouched.
+  off = jax.vmap(lambda p: augment.color_jitter(jnp.asarray(image), p, enabled=False))(params)
+  np.testing.assert_array_equal(np.asarray(off), np.broadcast_to(image, off.shape))
+
+
+def test_crop_taps_equal_the_dense_resampling_matrix():
+  """The gathered taps put on every source pixel the weight of the triangle filter restricted
+  to the box and normalised (the dense matrix, written out plainly), for downscaled,
+  upscaled and edge boxes."""
+  for start, extent, size, output in ((0, 340, 340, 224), (50, 160, 340, 224), (7, 90, 120, 96),
+                                      (200, 139, 340, 112), (0, 10, 1000, 80), (3, 30, 60, 32)):
+    pixels, weights = augment.resize_taps(start, extent, size, output)
+    dense = np.zeros((output, size))
+    np.add.at(dense, (np.arange(output)[:, None], np.asarray(pixels)), np.asarray(weights))
+    step = extent / output
+    centres = start + (np.arange(output) + 0.5) * step
+    support = max(step, 1.0)
+    centre_of = np.arange(size) + 0.5
+    expected = np.maximum(0, 1 - np.abs(centre_of[None] - centres[:, None]) / support)
+    expected *= (centre_of >= start) & (centre_of < start + extent)
+    expected /= expected.sum(1, keepdims=True)
+    # float32 centres against float64 ones: a missing or misplaced tap would be off by 0.1 or more.
+    np.testing.assert_allclose(dense, expected, atol=5e-5, err_msg=str((start, extent, size)))
 
 
 def test_float32_crops_when_jax_runs_with_x64():

@@ -5,18 +5,35 @@ step, vectorised over every crop of the per-device batch. Per crop, in MoCo v2's
 
 1. RandomResizedCrop (area 0.2-1, aspect 3/4-4/3, torchvision's ``get_params``) with
    bilinear, antialiased resampling (PIL's filter, which MoCo's PIL pipeline uses, and
-   torchvision's ``antialias=True``). The crop is two matmuls, ``Wy @ frame @ Wx^T``, with
-   interpolation matrices built from the box: no gather, good on tensor cores and the MXU.
-   The horizontal flip (p 0.5) reverses the rows of ``Wx``; every later op commutes with it
-   (per-pixel colour, a global mean, a symmetric blur kernel).
-2. ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, the four ops in a random order per crop.
-   Branch-free: each of the four steps computes the four ops and selects one.
-3. RandomGrayscale p 0.2; 4. Gaussian blur with sigma U(0.1, 2) and p 0.5, as two matmuls
-   with reflected borders (torchvision's ``gaussian_blur``); 5. /255 and ImageNet normalisation.
+   torchvision's ``antialias=True``), and the horizontal flip (p 0.5);
+2. ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, the four ops in a random order per crop;
+3. RandomGrayscale p 0.2; 4. Gaussian blur, sigma U(0.1, 2), p 0.5, reflected borders
+   (torchvision's ``gaussian_blur``); 5. /255 and ImageNet normalisation.
 
 Semantics are torchvision's float-tensor ones. dm-pix was considered: its brightness is
 additive, its contrast uses per-channel means and its saturation goes through HSV, so it
 would not match MoCo's recipe.
+
+How it is computed: the augmentation moves a few bytes per FLOP, so it is built to touch
+memory as little as possible (``benchmarks/train_step.py --aug_cost`` prints XLA's count).
+- The crop is a gather: every output pixel is a weighted sum of the few frame pixels under
+  its resampling filter (``resize_taps``: K taps per axis, K from the largest box), read
+  straight from the uint8 frame. Dense interpolation matmuls would first copy the frame to
+  float and write a half-resampled image.
+- The flip reverses the column taps; every later op commutes with it (per-pixel colour, a
+  global mean, a symmetric blur kernel).
+- Brightness, contrast and saturation are each a blend ``clip(f x + (1 - f) o)`` with o = 0,
+  the image's mean grey or the pixel's grey. The drawn order is laid out as three of these
+  slots before the hue shift and three after it (``jitter_slots``): the slots at positions the
+  drawn order gives the cheap ops hold them, the others are the identity. So hue, the one
+  costly op, runs once per pixel, and the whole jitter, the grayscale and the normalisation are
+  one pass from the frame to the jittered crop.
+- Contrast needs the mean grey of the image as it stands at contrast's position: a reduction
+  pass recomputes the crop and the ops before contrast from the frame (it writes nothing).
+- Normalisation comes before the blur: the blur's taps sum to one, so it commutes with the
+  per-channel affine map. The blur is separable: two passes of 2r + 1 gathered taps with
+  reflected indices, the identity taps when the crop is not blurred.
+What XLA writes per crop is then the jittered crop and the two blur passes' outputs.
 
 Randomness: every crop's draws come from a key derived from (run key, step, global example
 index, crop), so the augmentation is the same on any number of devices and a resumed run
@@ -45,7 +62,11 @@ LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
 # MoCo's blur sigma is in pixels of a 224 px crop; other sizes scale it to blur the same content.
 BLUR_REFERENCE_SIZE = 224
 CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before the centre fallback.
-NUM_JITTER_OPS = 4
+# ColorJitter's ops, and the id of each in a drawn order.
+JITTER_OPS = ('brightness', 'contrast', 'saturation', 'hue')
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(len(JITTER_OPS))
+NUM_JITTER_OPS = len(JITTER_OPS)
+IDENTITY_OP = -1  # a jitter slot that holds no op
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,63 +142,166 @@ def random_resized_crop_box(key, height: int, width: int, scale=(0.2, 1.0),
   return jnp.minimum(top, height - h), jnp.minimum(left, width - w), h, w
 
 
-def resize_weights(start, extent, size: int, output_size: int, dtype=jnp.float32):
-  """(output_size, size) antialiased bilinear weights that resample [start, start + extent).
+def resize_taps_count(size: int, output_size: int) -> int:
+  """Taps per output pixel that cover the filter of any box of up to ``size`` source pixels.
 
-  Output pixel i is centred at ``start + (i + 0.5) * extent / output_size`` in source pixels;
-  input pixel j (centre j + 0.5) weighs ``max(0, 1 - |j + 0.5 - centre| / support)`` with
-  ``support = max(extent / output_size, 1)`` (the triangle filter stretched when shrinking,
-  as PIL and torchvision's antialias do), restricted to the crop and normalised.
+  The triangle filter spans 2 max(extent / output_size, 1) pixels, so at most that many
+  (rounded up) pixels have a weight; one more absorbs the rounding of the first tap.
   """
+  return math.ceil(2 * max(size / output_size, 1.0)) + 1
+
+
+def resize_taps(start, extent, size: int, output_size: int, dtype=jnp.float32):
+  """(output_size, K) source pixels and weights that resample [start, start + extent).
+
+  Output pixel i is centred at ``c = start + (i + 0.5) * extent / output_size`` in source
+  pixels; input pixel j (centre j + 0.5) weighs ``max(0, 1 - |j + 0.5 - c| / support)`` with
+  ``support = max(extent / output_size, 1)`` (the triangle filter stretched when shrinking,
+  as PIL and torchvision's antialias do), restricted to the box and normalised. The K taps
+  start at the first pixel the filter reaches; taps past the frame's edge are outside the box
+  (weight 0), their index is clamped to stay a valid gather.
+  """
+  taps = resize_taps_count(size, output_size)
   start = jnp.asarray(start, dtype)
   extent = jnp.asarray(extent, dtype)
   step = extent / output_size
   centres = start + (jnp.arange(output_size, dtype=dtype) + 0.5) * step
   support = jnp.maximum(step, 1.0)
-  pixels = jnp.arange(size, dtype=dtype) + 0.5
-  weights = jnp.maximum(0.0, 1.0 - jnp.abs(pixels[None] - centres[:, None]) / support)
-  inside = (pixels >= start) & (pixels < start + extent)
-  weights = weights * inside[None]
-  return weights / weights.sum(axis=1, keepdims=True)
+  first = jnp.floor(centres - support - 0.5).astype(jnp.int32) + 1
+  pixels = first[:, None] + jnp.arange(taps, dtype=jnp.int32)
+  pixel_centres = pixels.astype(dtype) + 0.5
+  weights = jnp.maximum(0.0, 1.0 - jnp.abs(pixel_centres - centres[:, None]) / support)
+  weights = weights * ((pixel_centres >= start) & (pixel_centres < start + extent))
+  weights = weights / weights.sum(axis=1, keepdims=True)
+  return jnp.clip(pixels, 0, size - 1), weights
 
 
-def blur_weights(sigma, size: int, radius: int, dtype=jnp.float32):
-  """(size, size) Gaussian blur matrix: 2 radius + 1 taps, reflected borders (torchvision)."""
-  offsets = jnp.arange(-radius, radius + 1, dtype=dtype)
-  taps = jnp.exp(-0.5 * jnp.square(offsets / sigma))
-  taps = taps / taps.sum()
-  # Reflection without repeating the edge pixel ('reflect' padding): -1 -> 1, size -> size - 2.
-  sources = np.arange(size)[:, None] + np.arange(-radius, radius + 1)[None]
-  sources = np.abs(sources)
-  sources = np.where(sources > size - 1, 2 * (size - 1) - sources, sources)
-  one_hot = jnp.asarray(sources[..., None] == np.arange(size), dtype)  # (size, taps, size)
-  return jnp.einsum('t,itj->ij', taps, one_hot)
+def crop_taps(top, left, crop_height, crop_width, flip, frame_shape, output_size: int,
+              dtype=jnp.float32):
+  """(rows, row weights, columns, column weights) of a flipped or unflipped crop of a frame.
+
+  The row weights carry the 1/255 that takes uint8 to [0, 1], so the gathered sum is final.
+  """
+  height, width = frame_shape
+  rows, row_weights = resize_taps(top, crop_height, height, output_size, dtype)
+  columns, column_weights = resize_taps(left, crop_width, width, output_size, dtype)
+  columns = jnp.where(flip, columns[::-1], columns)
+  column_weights = jnp.where(flip, column_weights[::-1], column_weights)
+  return rows, row_weights / 255.0, columns, column_weights
 
 
-def blur_radius(image_size: int, config: AugmentConfig) -> int:
-  """Taps on each side of the blur kernel: 3 sigma of the largest sigma, so shapes are static."""
-  return max(1, math.ceil(3 * config.blur_sigma[1] * image_size / BLUR_REFERENCE_SIZE))
+def resample(frames, index, taps):
+  """The crop's three channel planes, each (S, S), gathered tap by tap from uint8 frames.
+
+  ``frames[index]`` is the (H, W, 3) frame (``index`` a tuple of leading indices, () for a
+  single frame), indexed inside the gathers so that choosing the frame copies nothing.
+  One product per (row tap, column tap, channel) keeps the sum elementwise, so XLA fuses it
+  into whatever consumes the crop; a gather of all taps then a weighted reduction becomes a
+  dot over a materialised (S, K, S, K, 3) gather.
+  """
+  rows, row_weights, columns, column_weights = taps
+  dtype = row_weights.dtype
+  planes = []
+  for channel in range(3):
+    plane = 0.0
+    for a in range(rows.shape[1]):
+      row = 0.0
+      for b in range(columns.shape[1]):
+        pixels = frames[index + (rows[:, a, None], columns[None, :, b], channel)]
+        row = row + column_weights[None, :, b] * pixels.astype(dtype)
+      plane = plane + row_weights[:, a, None] * row
+    planes.append(plane)
+  return tuple(planes)
+
+
+def _planes(image):
+  return tuple(image[..., c] for c in range(3))
+
+
+def _image(planes):
+  return jnp.stack(planes, axis=-1)
+
+
+def crop_and_resize(frame, top, left, crop_height, crop_width, flip, output_size: int,
+                    dtype=jnp.float32):
+  """(H, W, 3) uint8 -> (S, S, 3) in [0, 1]: antialiased bilinear resize of the box, flipped."""
+  return _image(resample(frame, (), crop_taps(top, left, crop_height, crop_width, flip,
+                                               frame.shape[:2], output_size, dtype)))
 
 
 # ----------------------------------------------------------------------------- colour ops
-# Images are (..., H, W, 3) floats in [0, 1]; factors are scalars (vmapped per crop).
+# The crop's colour work runs on its three channel planes: every op is then elementwise on
+# same-shaped arrays, with no broadcast of a computed plane over the channel axis and no
+# slice of a computed image, either of which makes XLA write the plane out. The (..., H, W, 3)
+# functions below are the same ops on images (torchvision's semantics; the tests hold them).
 
-def grayscale(image):
-  """(..., H, W, 3) -> (..., H, W, 1) luma."""
-  return jnp.sum(image * jnp.asarray(LUMA_WEIGHTS, image.dtype), axis=-1, keepdims=True)
+def _grey(planes):
+  r, g, b = planes
+  return LUMA_WEIGHTS[0] * r + LUMA_WEIGHTS[1] * g + LUMA_WEIGHTS[2] * b
 
 
 def _blend(image, other, factor):
+  """torchvision's ``_blend``: every ColorJitter op but hue is this, with its own ``other``."""
   return jnp.clip(factor * image + (1 - factor) * other, 0.0, 1.0)
 
 
+def _hue_planes(planes, delta):
+  """torchvision's float adjust_hue on channel planes: to HSV, shift the hue by ``delta``
+  (mod 1), back.
+
+  Arranged so that XLA fuses it with the ops around it into one elementwise pass: the hue's
+  numerator is selected before its one division (torchvision divides three differences by the
+  chroma, then selects; the same value up to rounding), ``x - floor(x)`` is the mod 1 (equal
+  bit for bit on these ranges), and the six sectors' RGB are written as ``v (1 - s k)`` with
+  k in {0, 1, f, 1 - f} for (v, p, q, t).
+  """
+  r, g, b = planes
+  maxc = jnp.maximum(jnp.maximum(r, g), b)
+  minc = jnp.minimum(jnp.minimum(r, g), b)
+  equal = maxc == minc
+  chroma = maxc - minc
+  saturation = chroma / jnp.where(equal, 1.0, maxc)
+  divisor = jnp.where(equal, 1.0, chroma)
+  numerator = jnp.where(maxc == r, g - b, jnp.where(maxc == g, 2.0 * divisor + b - r,
+                                                    4.0 * divisor + r - g))
+  hue = numerator / divisor / 6.0 + 1.0  # in [5/6, 11/6]
+  hue = hue - jnp.floor(hue)
+  hue = hue + delta
+  hue = hue - jnp.floor(hue)
+  sector = jnp.floor(hue * 6.0)  # 0 to 5: hue < 1
+  f = hue * 6.0 - sector
+
+  def by_sector(*factors):
+    chosen = factors[5]
+    for k in range(4, -1, -1):
+      chosen = jnp.where(sector == k, factors[k], chosen)
+    return chosen
+
+  # (R, G, B) of the six sectors of the hue circle: torchvision's (v, q, p, p, t, v),
+  # (t, v, v, q, p, p), (p, p, t, v, v, q) with p, q, t = v (1 - s k) for k = 1, f, 1 - f.
+  one_minus_f = 1.0 - f
+  k = (by_sector(0.0, f, 1.0, 1.0, one_minus_f, 0.0),
+       by_sector(one_minus_f, 0.0, 0.0, f, 1.0, 1.0),
+       by_sector(1.0, 1.0, one_minus_f, 0.0, 0.0, f))
+  return tuple(jnp.clip(maxc * (1.0 - saturation * k_c), 0.0, 1.0) for k_c in k)
+
+
+def grayscale(image):
+  """(..., H, W, 3) -> (..., H, W, 1) luma."""
+  return _grey(_planes(image))[..., None]
+
+
+def mean_grey(image):
+  """The mean luma of (..., H, W, 3) images, keeping three unit axes (contrast's blend target)."""
+  return jnp.mean(grayscale(image), axis=(-3, -2, -1), keepdims=True)
+
+
 def adjust_brightness(image, factor):
-  return jnp.clip(image * factor, 0.0, 1.0)
+  return _blend(image, 0.0, factor)
 
 
 def adjust_contrast(image, factor):
-  # torchvision blends with the mean grey level of the whole image.
-  return _blend(image, jnp.mean(grayscale(image), axis=(-3, -2, -1), keepdims=True), factor)
+  return _blend(image, mean_grey(image), factor)
 
 
 def adjust_saturation(image, factor):
@@ -185,29 +309,7 @@ def adjust_saturation(image, factor):
 
 
 def adjust_hue(image, delta):
-  """torchvision's float adjust_hue: to HSV, shift the hue by ``delta`` (mod 1), back."""
-  r, g, b = image[..., 0], image[..., 1], image[..., 2]
-  maxc = jnp.max(image, axis=-1)
-  minc = jnp.min(image, axis=-1)
-  equal = maxc == minc
-  chroma = maxc - minc
-  saturation = chroma / jnp.where(equal, 1.0, maxc)
-  divisor = jnp.where(equal, 1.0, chroma)
-  rc, gc, bc = (maxc - r) / divisor, (maxc - g) / divisor, (maxc - b) / divisor
-  hue = jnp.where(maxc == r, bc - gc, jnp.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-  hue = jnp.mod(hue / 6.0 + 1.0, 1.0)
-  hue = jnp.mod(hue + delta, 1.0)
-  value = maxc
-  sector = jnp.floor(hue * 6.0)
-  f = hue * 6.0 - sector
-  sector = sector.astype(jnp.int32) % 6
-  p = jnp.clip(value * (1.0 - saturation), 0.0, 1.0)
-  q = jnp.clip(value * (1.0 - saturation * f), 0.0, 1.0)
-  t = jnp.clip(value * (1.0 - saturation * (1.0 - f)), 0.0, 1.0)
-  # (R, G, B) of the six sectors of the hue circle.
-  table = jnp.stack([jnp.stack(c, -1) for c in ((value, t, p), (q, value, p), (p, value, t),
-                                                 (p, q, value), (t, p, value), (value, p, q))])
-  return jnp.take_along_axis(table, sector[None, ..., None], axis=0)[0]
+  return _image(_hue_planes(_planes(image), delta))
 
 
 def normalize(image):
@@ -220,6 +322,106 @@ def normalize(image):
 def normalize_uint8(frames, dtype=jnp.float32):
   """uint8 frames -> ImageNet-normalised ``dtype`` (the evaluation readers' centre crops)."""
   return normalize(frames.astype(dtype) / 255.0)
+
+
+# ----------------------------------------------------------------------------- colour jitter
+
+def jitter_slots(order):
+  """Where each jitter op of ``order`` (op ids by position) runs in the fixed pass.
+
+  The pass is three blend slots, the hue shift, three blend slots. Returns (positions (6,),
+  ops (6,), hue's position): slot k < 3 holds position k if that comes before hue, slot 3 + k
+  holds position hue + 1 + k if there is one, each with the op at that position; the other
+  slots hold IDENTITY_OP. Every position but hue's lands in exactly one slot, in order.
+  """
+  hue_position = jnp.argmax(order == HUE).astype(jnp.int32)
+  k = jnp.arange(NUM_JITTER_OPS - 1, dtype=jnp.int32)
+  positions = jnp.concatenate([k, hue_position + 1 + k])
+  held = jnp.concatenate([k < hue_position, hue_position + 1 + k < NUM_JITTER_OPS])
+  ops = jnp.where(held, order[jnp.minimum(positions, NUM_JITTER_OPS - 1)], IDENTITY_OP)
+  return positions, ops, hue_position
+
+
+def _jitter_pass(planes, params, slots, end, contrast_mean):
+  """The jitter ops at positions before ``end``, in order, as one elementwise pass."""
+  positions, ops, hue_position = slots
+  factors = jnp.stack([params[name] for name in JITTER_OPS[:HUE]])
+
+  def blend_slot(planes, k):
+    op = jnp.where(positions[k] < end, ops[k], IDENTITY_OP)
+    other = jnp.where(op == SATURATION, _grey(planes),
+                      jnp.where(op == CONTRAST, contrast_mean, 0.0))
+    factor = factors[jnp.clip(op, 0, HUE - 1)]
+    return tuple(jnp.where(op == IDENTITY_OP, plane, _blend(plane, other, factor))
+                 for plane in planes)
+
+  slots_per_side = NUM_JITTER_OPS - 1
+  for k in range(slots_per_side):
+    planes = blend_slot(planes, k)
+  shifted = _hue_planes(planes, params['hue'])
+  planes = tuple(jnp.where(hue_position < end, s, p) for s, p in zip(shifted, planes))
+  for k in range(slots_per_side, 2 * slots_per_side):
+    planes = blend_slot(planes, k)
+  return planes
+
+
+def _color_jitter_planes(planes, params, enabled):
+  slots = jitter_slots(params['order'])
+  end = jnp.where(enabled, NUM_JITTER_OPS, 0)
+  contrast_position = jnp.argmax(params['order'] == CONTRAST)
+  before_contrast = _jitter_pass(planes, params, slots, jnp.minimum(contrast_position, end),
+                                 0.0)
+  mean = jnp.mean(_grey(before_contrast))
+  return _jitter_pass(planes, params, slots, end, mean)
+
+
+def color_jitter(image, params, enabled=True):
+  """The four jitter ops in ``params['order']`` on an (H, W, 3) image (none if not enabled).
+
+  Two passes, both elementwise from the crop (which XLA recomputes from the frame in each
+  rather than writing it out): a reduction of the ops before contrast to contrast's mean grey,
+  then the four ops in one pass.
+  """
+  return _image(_color_jitter_planes(_planes(image), params, enabled))
+
+
+# ----------------------------------------------------------------------------- blur
+
+def blur_radius(image_size: int, config: AugmentConfig) -> int:
+  """Taps on each side of the blur kernel: 3 sigma of the largest sigma, so shapes are static."""
+  return max(1, math.ceil(3 * config.blur_sigma[1] * image_size / BLUR_REFERENCE_SIZE))
+
+
+def blur_taps(sigma, radius: int, dtype=jnp.float32):
+  """The 2 radius + 1 normalised Gaussian taps (torchvision's ``_get_gaussian_kernel1d``)."""
+  offsets = jnp.arange(-radius, radius + 1, dtype=dtype)
+  taps = jnp.exp(-0.5 * jnp.square(offsets / sigma))
+  return taps / taps.sum()
+
+
+def _reflected_sources(size: int, radius: int) -> np.ndarray:
+  """(size, 2 radius + 1) source pixel of every tap, reflected without repeating the edge
+  pixel ('reflect' padding): -1 -> 1, size -> size - 2."""
+  sources = np.abs(np.arange(size)[:, None] + np.arange(-radius, radius + 1)[None])
+  return np.where(sources > size - 1, 2 * (size - 1) - sources, sources)
+
+
+def gaussian_blur(image, taps):
+  """(H, W, C) blurred by the separable kernel ``taps`` with reflected borders.
+
+  Columns first, as a sum of gathered taps: XLA counts a gathered operand as read once
+  (shifted slices would each count as a read of the image), where a dot over the middle axis
+  would need transposed copies around it. Then rows, as a dot with the (H, H) blur matrix:
+  it contracts the leading axis, so it needs no transposed copy, and its output is the crop,
+  written once whatever slices of it the caller takes.
+  """
+  radius = (taps.shape[0] - 1) // 2
+  columns = _reflected_sources(image.shape[1], radius)
+  image = sum(taps[t] * image[:, columns[:, t]] for t in range(taps.shape[0]))
+  rows = _reflected_sources(image.shape[0], radius)
+  row_matrix = jnp.einsum('t,itj->ij', taps, jnp.asarray(
+      rows[..., None] == np.arange(image.shape[0]), taps.dtype))
+  return jnp.einsum('sh,hwc->swc', row_matrix, image)
 
 
 # ----------------------------------------------------------------------------- one crop
@@ -253,52 +455,35 @@ def crop_params(key, height: int, width: int, config: AugmentConfig):
   return dict(draws, top=top, left=left, height=h, width=w)
 
 
-def crop_and_resize(frame, top, left, crop_height, crop_width, flip, output_size: int,
-                    dtype=jnp.float32):
-  """(H, W, 3) uint8 -> (S, S, 3) in [0, 1]: antialiased bilinear resize of the box, flipped."""
-  height, width = frame.shape[:2]
-  wy = resize_weights(top, crop_height, height, output_size, dtype)
-  wx = resize_weights(left, crop_width, width, output_size, dtype)
-  wx = jnp.where(flip, wx[::-1], wx)
-  crop = jnp.einsum('sh,hwc,tw->stc', wy, frame.astype(dtype), wx)
-  return crop / 255.0
-
-
-def color_jitter(image, params):
-  """The four jitter ops in ``params['order']``; each step computes all four and selects.
-
-  A loop rather than four unrolled steps: the graph holds each op once instead of four times,
-  which cuts the train step's compile time (the hue op alone is a dozen fused kernels).
-  """
-  ops = (lambda x: adjust_brightness(x, params['brightness']),
-         lambda x: adjust_contrast(x, params['contrast']),
-         lambda x: adjust_saturation(x, params['saturation']),
-         lambda x: adjust_hue(x, params['hue']))
-
-  def apply_position(position, image):
-    return jnp.stack([op(image) for op in ops])[params['order'][position]]
-
-  return jax.lax.fori_loop(0, NUM_JITTER_OPS, apply_position, image)
-
-
-def augment_crop(frame, params, output_size: int, config: AugmentConfig, dtype=jnp.float32):
-  """One frame and its drawn parameters -> one ImageNet-normalised (S, S, 3) crop."""
+def _augment(frames, index, params, output_size: int, config: AugmentConfig, dtype):
+  """The ImageNet-normalised (S, S, 3) crop of the frame ``frames[index]`` (H, W, 3)."""
   # The drawn factors are float64 under jax_enable_x64; the crop is computed in ``dtype``.
   params = {name: value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value
             for name, value in params.items()}
-  image = crop_and_resize(frame, params['top'], params['left'], params['height'],
-                          params['width'], params['flip'], output_size, dtype)
+  taps = crop_taps(params['top'], params['left'], params['height'], params['width'],
+                   params['flip'], frames.shape[-3:-1], output_size, dtype)
+  planes = resample(frames, index, taps)
   # Ops with probability 0 are left out of the graph (TSN's crops-only recipe).
   if config.jitter_probability > 0:
-    image = jnp.where(params['jitter'], color_jitter(image, params), image)
+    planes = _color_jitter_planes(planes, params, params['jitter'])
   if config.grayscale_probability > 0:
-    image = jnp.where(params['gray'], jnp.broadcast_to(grayscale(image), image.shape), image)
+    grey = _grey(planes)
+    planes = tuple(jnp.where(params['gray'], grey, plane) for plane in planes)
+  image = normalize(_image(planes))
   if config.blur_probability > 0:
-    sigma = params['sigma'] * output_size / BLUR_REFERENCE_SIZE
-    blur = blur_weights(sigma, output_size, blur_radius(output_size, config), dtype)
-    blur = jnp.where(params['blur'], blur, jnp.eye(output_size, dtype=dtype))
-    image = jnp.einsum('sh,hwc,tw->stc', blur, image, blur)
-  return normalize(image)
+    # Blurring the normalised crop is blurring the crop then normalising (the taps sum to
+    # one), and lets the colour pass write the crop once, normalised.
+    radius = blur_radius(output_size, config)
+    taps = blur_taps(params['sigma'] * output_size / BLUR_REFERENCE_SIZE, radius, dtype)
+    identity = jnp.zeros_like(taps).at[radius].set(1.0)
+    image = gaussian_blur(image, jnp.where(params['blur'], taps, identity))
+  return image
+
+
+def augment_crop(frame, params, output_size: int, config: AugmentConfig, dtype=jnp.float32):
+  """One (H, W, 3) uint8 frame and its drawn parameters -> one ImageNet-normalised (S, S, 3)
+  crop."""
+  return _augment(frame, (), params, output_size, config, dtype)
 
 
 def augment_frames(frames, sources, keys, output_size: int, config: AugmentConfig,
@@ -312,12 +497,15 @@ def augment_frames(frames, sources, keys, output_size: int, config: AugmentConfi
   """
   height, width = frames.shape[-3:-1]
   params = jax.vmap(jax.vmap(lambda k: crop_params(k, height, width, config)))(keys)
-  chosen = jnp.take_along_axis(frames, sources.reshape(sources.shape + (1,) * (frames.ndim - 2)),
-                               axis=1)
-  one = lambda f, p: augment_crop(f, p, output_size, config, dtype)
-  if frames.ndim == 6:
-    one = jax.vmap(one, in_axes=(0, None))
-  return jax.vmap(jax.vmap(one))(chosen, params)
+
+  def one(example_frames, source, p):
+    if frames.ndim == 6:
+      clip = jnp.arange(frames.shape[2])
+      return jax.vmap(lambda l: _augment(example_frames, (source, l), p, output_size, config,
+                                         dtype))(clip)
+    return _augment(example_frames, (source,), p, output_size, config, dtype)
+
+  return jax.vmap(jax.vmap(one, in_axes=(None, 0, 0)))(frames, sources, params)
 
 
 def example_keys(key, global_indices, crops_per_example: int):
