@@ -1,8 +1,9 @@
 """Per-host NumPy batches in, global jax.Arrays sharded over the data axis out, prefetched.
 
 Every host passes its own slice of the global batch and places it on its own devices: one
-``jax.device_put`` of each device's rows, then ``jax.make_array_from_single_device_arrays``
-joins the shards of all hosts into one array sharded over the mesh's ``data`` axis. One
+``jax.device_put`` call puts each device's rows on it, then
+``jax.make_array_from_single_device_arrays`` joins the shards of all hosts into one array
+sharded over the mesh's ``data`` axis. One
 process or many, one device or a pod, it is the same code. A background thread keeps a few
 batches on the devices ahead of the train step, overlapping host-to-device copies with
 compute.
@@ -22,11 +23,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 def to_global(host_batch: dict[str, np.ndarray], mesh: Mesh, axis: str = 'data') -> dict[str, jax.Array]:
   """This host's rows of every leaf, placed on its devices of ``mesh``, as global arrays.
 
-  The host's rows go to its devices in the order of the global rows those hold, as with
-  ``jax.make_array_from_process_local_data``, the path multi-host runs took before: on an
-  H200 (one process) it placed 906 K400 videos/s, below the train step's 1,160, and
-  ``jax.device_put`` 14,030 (docs/performance.md). benchmarks/input_pipeline.py
-  --placement_only times both paths.
+  The host's rows go to its devices in the order of the global rows those hold, as
+  ``jax.make_array_from_process_local_data`` places them; that function placed 906 K400
+  videos/s on an H200 (one process), below the train step's 1,160, where ``jax.device_put``
+  placed 14,030 (docs/performance.md). benchmarks/input_pipeline.py --placement_only times
+  both paths.
   """
   sharding = NamedSharding(mesh, P(axis))
   return {name: _place(value, sharding) for name, value in host_batch.items()}
