@@ -182,41 +182,50 @@ def placement_paths(batch, mesh) -> dict:
   return paths
 
 
-def time_placement(batch, rounds: int, repeats: int = 4) -> dict[str, list[float]]:
-  """Seconds per placement of this host's ``batch`` by each path, ``rounds`` times, the paths
-  interleaved; each round queues ``repeats`` placements (as prefetch_to_mesh does) and waits."""
+def time_placement(batch, rounds: int, repeats: int = 4) -> dict[str, dict[str, list[float]]]:
+  """Wall and process CPU seconds per placement of this host's ``batch`` by each path,
+  ``rounds`` times, the paths interleaved; each round queues ``repeats`` placements (as
+  prefetch_to_mesh does) and waits. The CPU seconds (every thread of the process) hold on a
+  busy machine, where the wall time moves with the other load."""
   import jax
   from vclr_jax.train_step import make_mesh
   paths = placement_paths(batch, make_mesh())
   for place in paths.values():
     jax.block_until_ready(place())
-  seconds = {name: [] for name in paths}
+  seconds = {clock: {name: [] for name in paths} for clock in ('wall', 'cpu')}
   for _ in range(rounds):
     for name, place in paths.items():
-      start = time.perf_counter()
+      wall, cpu = time.perf_counter(), time.process_time()
       placed = [place() for _ in range(repeats)]
       jax.block_until_ready(placed)
-      seconds[name].append((time.perf_counter() - start) / repeats)
+      seconds['cpu'][name].append((time.process_time() - cpu) / repeats)
+      seconds['wall'][name].append((time.perf_counter() - wall) / repeats)
       del placed
   return seconds
 
 
-def report_placement(seconds_per_process: list[dict[str, list[float]]], global_batch: int,
-                     video_bytes: int, devices: int) -> None:
-  """Global videos/s of each path: per round the slowest process's time, then the median."""
+def report_placement(seconds_per_process: list[dict], global_batch: int, video_bytes: int,
+                     devices: int) -> None:
+  """Per path, the global videos/s (per round the slowest process's wall time, then the
+  median) and the videos per CPU second (per round all processes' CPU time, then the median);
+  for the other paths, to_global's figures over theirs."""
   processes = len(seconds_per_process)
   print(f'placement of a global batch of {global_batch} videos ({video_bytes / 1e6:.2f} MB of '
         f'uint8 frames each) over {processes} process(es) x {devices // processes} device(s), '
         'median of the rounds, paths interleaved:')
-  slowest = {name: np.max([seconds[name] for seconds in seconds_per_process], axis=0)
-             for name in seconds_per_process[0]}
-  first = next(iter(slowest))
-  for name, rounds in slowest.items():
-    rate = global_batch / float(np.median(rounds))
-    versus = ('' if name == first else
-              f', to_global {float(np.median(rounds / slowest[first])):.2f}x as fast (median of '
-              'the rounds\' ratios)')
-    print(f'  {name}: {rate:.0f} videos/s ({rate * video_bytes / 1e9:.2f} GB/s){versus}')
+  wall = {name: np.max([s['wall'][name] for s in seconds_per_process], axis=0)
+          for name in seconds_per_process[0]['wall']}
+  cpu = {name: np.sum([s['cpu'][name] for s in seconds_per_process], axis=0) for name in wall}
+  figures = {name: [global_batch / float(np.median(clock[name])) for clock in (wall, cpu)]
+             for name in wall}
+  first = next(iter(figures))
+  for name, (rate, per_cpu) in figures.items():
+    line = (f'  {name}: {rate:.0f} videos/s ({rate * video_bytes / 1e9:.2f} GB/s), '
+            f'{per_cpu:.0f} videos per CPU second')
+    if name != first:
+      line += (f'; to_global: {figures[first][0] / rate:.2f}x the videos/s, '
+               f'{figures[first][1] / per_cpu:.2f}x the videos per CPU second')
+    print(line)
 
 
 def placement_worker(spec: str, global_batch: int, height: int, width: int, rounds: int) -> None:
