@@ -38,7 +38,8 @@ def test_accelerator_requirements_resolve_beside_the_cpu_pins(name, plugin, dry_
   assert pins(name)['jax'] == base['jax']
   installs = {item['metadata']['name'].lower().replace('_', '-'): item['metadata']['version']
               for item in install}
-  assert plugin in installs, installs
+  # libtpu is pinned in requirements.txt itself (vclr_jax.plan), so it may be installed already.
+  assert plugin in installs or plugin in base, installs
   if plugin.startswith('jax'):
     assert installs[plugin] == base['jax']  # the plugin of the pinned jax release
   # Nothing pinned in requirements.txt is replaced by another version.

@@ -47,8 +47,15 @@ BN_MODES = {'online_bn': ('per_device', 'sync'), 'key_bn': ('shuffle', 'sync'),
 def make_mesh(devices=None) -> Mesh:
   """A 1-D data mesh over ``devices`` (default: every device of every host)."""
   devices = jax.devices() if devices is None else devices
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
-                       axis_types=(jax.sharding.AxisType.Explicit,))
+  axis_types = (jax.sharding.AxisType.Explicit,)
+  num_slices = len({getattr(device, 'slice_index', 0) for device in devices})
+  if num_slices > 1:
+    # TPU multislice: jax.make_mesh refuses it; slices become consecutive runs of the axis.
+    from jax.experimental import mesh_utils
+    ordered = mesh_utils.create_hybrid_device_mesh(
+        (len(devices) // num_slices,), (num_slices,), devices)
+    return Mesh(ordered, (DATA_AXIS,), axis_types=axis_types)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices, axis_types=axis_types)
 
 
 MAX_SHUFFLE_DEVICES = 8  # the released run's 8 GPUs: a key mixes with at most 7 other devices
