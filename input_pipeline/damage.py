@@ -16,6 +16,8 @@ record_stream.skip_damaged); ``SkippingBatches`` then, on the host, in batch ord
   ``stop_error`` to that error and goes on, so that the training loop (vclr_jax/training_loop.py)
   stops every host at the same saved step and this host then raises it. Raising here would
   leave the other hosts of a pod waiting in the step's collectives.
+- a training batch without one undamaged example (nothing to copy from) stops the run the
+  same way, whatever the limit.
 
 No TensorFlow here: the configs read the default below.
 """
@@ -78,6 +80,7 @@ class SkippingBatches:
     self.skipped_examples = 0
     self.stop_error: DamagedDataError | None = None  # training: set once, past the limit
     self.damaged: dict[tuple[int, int], int] = {}  # (shard, record) -> status
+    self._last_good: dict[str, np.ndarray] | None = None  # training: the last batch handed out
 
   def __iter__(self):
     return self
@@ -87,6 +90,7 @@ class SkippingBatches:
     status, shards, positions = (batch.pop(key) for key in TRACE_KEYS)
     bad = np.flatnonzero(status != OK)
     if not len(bad):
+      self._last_good = batch
       return batch
     for row in bad:
       self._note(int(shards[row]), int(positions[row]), int(status[row]))
@@ -109,13 +113,22 @@ class SkippingBatches:
   def _filled(self, batch: dict[str, np.ndarray], status: np.ndarray) -> dict[str, np.ndarray]:
     good, bad = np.flatnonzero(status == OK), np.flatnonzero(status != OK)
     if not len(good):
-      raise DamagedDataError(f'Every example of a batch is damaged ({len(self.damaged)} damaged '
-                             'videos so far).\n' + self._repair_advice())
+      # Nothing to copy from: stop the run, every host together (as past the limit), and
+      # hand out the last undamaged batch again (or the reader's blank placeholders) for
+      # the one step before the stop.
+      if self.stop_error is None:
+        self.stop_error = DamagedDataError(
+            f'Every example of a batch is damaged ({len(self.damaged)} damaged videos so '
+            'far).\n' + self._repair_advice())
+        logging.error('%s Every host stops at the next step and saves it.',
+                      str(self.stop_error).splitlines()[0])
+      return dict(self._last_good) if self._last_good is not None else batch
     sources = good[np.arange(len(bad)) % len(good)]
     filled = {}
     for name, value in batch.items():
       filled[name] = np.array(value)  # the reader's arrays are read-only
       filled[name][bad] = value[sources]
+    self._last_good = filled
     return filled
 
   def damaged_shards(self) -> dict[str, int]:

@@ -186,10 +186,14 @@ def test_too_much_damage_stops_and_lists_the_shards():
   assert isinstance(error, damage.DamagedDataError) and re.search(too_many, str(error))
   np.testing.assert_array_equal(next(training)['frames'], [1, 1, 2, 3])
   assert training.stop_error is error and training.skipped_examples == 4
-  all_bad = damage.SkippingBatches(_fake_batches([[bad, bad]]), paths, split_videos=10,
-                                   max_skipped_fraction=1.0, fill=True)
-  with pytest.raises(damage.DamagedDataError, match='Every example of a batch is damaged'):
-    next(all_bad)
+  # A batch without one undamaged example stops the run the same way, whatever the limit;
+  # until the stop, the batch before it stands in.
+  all_bad = damage.SkippingBatches(_fake_batches([[0, bad], [bad, bad]]), paths,
+                                   split_videos=10, max_skipped_fraction=1.0, fill=True)
+  np.testing.assert_array_equal(next(all_bad)['frames'], [0, 0])
+  assert all_bad.stop_error is None
+  np.testing.assert_array_equal(next(all_bad)['frames'], [0, 0])
+  assert re.search('Every example of a batch is damaged', str(all_bad.stop_error))
 
 
 def test_verify_flags_the_damaged_shards(damaged, capsys):
