@@ -90,13 +90,14 @@ def export_encoder(variables: Mapping, out: str, fmt: str, metadata: Mapping) ->
   """
   if fmt not in FORMATS:
     raise ValueError(f'--format must be one of {FORMATS}, got {fmt!r}.')
-  is_vit = metadata['architecture'] in vit.ARCHITECTURES
+  is_vit = metadata.get('architecture') in vit.ARCHITECTURES
   if is_vit and fmt in ('torchvision', 'mmaction2'):
     raise ValueError(f'--format={fmt} holds ResNets; export the {metadata["architecture"]} '
                      'backbone as --format=timm (or safetensors, with the same keys).')
   if fmt == 'timm' and not is_vit:
     raise ValueError(f'--format=timm is for ViT backbones; export the '
-                     f'{metadata["architecture"]} backbone as --format=torchvision.')
+                     f'{metadata.get("architecture", "ResNet")} backbone as '
+                     '--format=torchvision.')
   if fmt == 'mmaction2' and metadata['architecture'] in video3d.ARCHITECTURES:
     # mmaction2's 3D backbones are networks of their own (ResNet3d's stem, pooling and
     # strides follow its config), not torchvision's r3d_18 / s3d under other names; no mapping
