@@ -13,6 +13,8 @@ import shutil
 import signal
 import subprocess
 import sys
+
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -31,11 +33,12 @@ from vclr_jax import config_checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULT_RUN = os.path.join(REPO, 'tests', 'input_fault_run.py')
-# absl's log lines (I1206 12:00:00.000 ...) and what TensorFlow's native library prints on
-# import; neither is part of the message.
+# absl's log lines (I1206 12:00:00.000 ...), what TensorFlow's native library prints on
+# import and gloo's line on connecting the processes of a multi-process run: none is part of
+# the message.
 LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d')
-TF_IMPORT_BANNER = ('WARNING: All log messages before absl::InitializeLog()', 'I0000 00:00:',
-                    'To enable the following instructions')
+NATIVE_LOG_LINES = ('WARNING: All log messages before absl::InitializeLog()', 'I0000 00:00:',
+                    'To enable the following instructions', '[Gloo] ')
 ORBAX_THREAD_ERRORS = ('cannot schedule new futures', 'Exception in thread', 'Traceback')
 STEP_LINE = re.compile(r'step (\d+)/(\d+) \| loss')
 # 1 device; 15 videos at batch 4 is 3 steps an epoch, 12 in all.
@@ -71,8 +74,8 @@ def datasets(tmp_path_factory):
 
 
 def launch(args, program=('-m', 'vclr_jax.main'), **extra_env):
-  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE_FLAGS, PYTHONUNBUFFERED='1', PYTHONPATH=REPO,
-             **extra_env)
+  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE_FLAGS, PYTHONUNBUFFERED='1', PYTHONPATH=REPO)
+  env.update(extra_env)
   if cli_errors.DEBUG_ENV not in extra_env:
     env.pop(cli_errors.DEBUG_ENV, None)
   return subprocess.Popen([sys.executable, *program, *args], cwd=REPO, env=env,
@@ -89,9 +92,9 @@ def finish(process, timeout=600):
 
 
 def message(output):
-  """The lines that are neither absl log lines nor TensorFlow's import banner."""
+  """The lines that are not log lines of absl or of a native library."""
   return [line for line in output.splitlines()
-          if line.strip() and not LOG_LINE.match(line) and not line.startswith(TF_IMPORT_BANNER)]
+          if line.strip() and not LOG_LINE.match(line) and not line.startswith(NATIVE_LOG_LINES)]
 
 
 def assert_short_stop(name, code, output, status, advice):
@@ -114,9 +117,14 @@ def steps_on_disk(workdir):
 
 
 def restorable(workdir, step):
-  state = ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, checkpointing.CHECKPOINT_DIR, str(step), 'default'))
-  return int(np.asarray(state['step'])) == step
+  """True if checkpoint ``step`` restores whole (onto one device of this process, whatever
+  devices and processes saved it) and holds that step."""
+  path = os.path.join(workdir, checkpointing.CHECKPOINT_DIR, str(step), 'default')
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata)
+  return int(np.asarray(checkpointer.restore(path, target)['step'])) == step
 
 
 def test_mistakes_in_the_data_stop_before_anything_is_written(datasets, tmp_path):
@@ -205,7 +213,8 @@ def stop_when_trained(process, steps, output_lines):
 
 
 def test_stops_during_training_save_a_step_and_say_what_to_do(datasets, tmp_path):
-  workdirs = {name: str(tmp_path / name) for name in ('damaged', 'fault', 'diverged', 'sigterm')}
+  workdirs = {name: str(tmp_path / name)
+              for name in ('damaged', 'fault', 'fault at the start', 'diverged', 'sigterm')}
   clean = f'--config.data.records_dir={datasets["clean"]}'
   processes = {
       'damaged': launch([*TRAIN_FLAGS, f'--config.data.records_dir={datasets["damaged"]}',
@@ -213,6 +222,9 @@ def test_stops_during_training_save_a_step_and_say_what_to_do(datasets, tmp_path
                          f'--workdir={workdirs["damaged"]}']),
       'fault': launch(['5', *TRAIN_FLAGS, clean, f'--workdir={workdirs["fault"]}'],
                       program=(FAULT_RUN,)),
+      'fault at the start': launch(['0', *TRAIN_FLAGS, clean,
+                                    f'--workdir={workdirs["fault at the start"]}'],
+                                   program=(FAULT_RUN,)),
       'diverged': launch([*TRAIN_FLAGS, clean, '--config.optim.base_lr=1e30',
                           '--config.max_nonfinite_in_a_row=2',
                           f'--workdir={workdirs["diverged"]}']),
@@ -240,6 +252,13 @@ def test_stops_during_training_save_a_step_and_say_what_to_do(datasets, tmp_path
   saved = int(re.search(r'Step (\d+) of \S+ is saved', output)[1])
   assert 2 <= saved < TOTAL_STEPS and max(steps_on_disk(workdirs['sigterm'])) == saved
   assert 'The run stopped on SIGTERM.' in output
+
+  # Before the loop, while the initial state was saved in the background.
+  code, output = results['fault at the start']
+  assert_short_stop('fault at the start', code, output, cli_errors.EXIT_STOPPED,
+                    'rerun the same command')
+  assert steps_on_disk(workdirs['fault at the start']).keys() == {0}
+  assert restorable(workdirs['fault at the start'], 0)
 
   # The input failed at step 5 while checkpoint 4 was written in the background: the message,
   # then checkpoint 4 complete; the rerun resumes from it and finishes.
