@@ -11,6 +11,7 @@ import pytest
 
 from configs import k400_vit_s16
 from conftest import tiny_config
+from test_synthetic_learning import SHORT_RUN, TERMS, chance_losses, records_dir  # noqa: F401
 from vclr_jax import train_state as ts
 from vclr_jax.export import export_and_verify
 from vclr_jax.interop import load_pytorch_variables
@@ -158,7 +159,8 @@ def test_vit_step_on_eight_devices_equals_one_device():
   for field in ('params', 'opt_state', 'ema_params', 'queue_inter', 'queue_video'):
     change = max_abs_diff(getattr(state1, field), getattr(initial, field))
     assert change > 0, field
-    assert max_abs_diff(getattr(state8, field), getattr(state1, field)) <= FLOAT64_RTOL * change, field
+    difference = max_abs_diff(getattr(state8, field), getattr(state1, field))
+    assert difference <= FLOAT64_RTOL * change, field
   patch = lambda state: state.params['backbone']['patch_embed']
   assert max_abs_diff(patch(state8), patch(initial)) == 0  # frozen
 
@@ -233,3 +235,33 @@ def test_a_position_embedding_of_another_grid_is_resampled_as_timm_does(tmp_path
   template = jax.tree.map(np.zeros_like, tiny_variables())
   loaded = load_pytorch_variables(path, template)['params']['backbone']['pos_embed']
   np.testing.assert_allclose(loaded, resample_abs_pos_embed(small, (14, 14)).numpy(), atol=1e-5)
+
+
+def test_short_vit_run_lowers_every_loss_term(records_dir, tmp_path):  # noqa: F811
+  """test_synthetic_learning.py's run and its test, with the tiny ViT and AdamW."""
+  from vclr_jax import plots, train
+  config = tiny_vit_config(**SHORT_RUN, **{'data.records_dir': records_dir,
+                                           'optim.base_lr': 0.05})  # x 16 / 256: 3e-3 peak
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  curves = plots.read_scalars(workdir)
+  chance = chance_losses(config)
+  last_window = {term: curves[f'loss_{term}'][1][-3:].mean() for term in TERMS}
+  for term in TERMS:
+    assert last_window[term] < chance[term] - 0.05, (term, chance, last_window)
+
+
+@pytest.mark.parametrize('architecture, image_size', [('vit_s16', 224), ('vit_b16', 96)])
+def test_analytic_flops_are_xlas_count_of_the_forward_pass_without_the_elementwise_ops(
+    architecture, image_size):
+  vit_size = vit.spec(architecture)
+  model = vit.VisionTransformer(vit_size)
+  frames = jnp.zeros((1, image_size, image_size, 3))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), frames))
+  counted = jax.jit(model.apply).lower(shapes, frames).cost_analysis()['flops']
+  forward, patch_embedding = vit.forward_flops(vit_size, image_size)
+  # XLA also counts LayerNorm, softmax, GELU and the position resampling: a few percent more.
+  assert forward < counted < 1.05 * forward
+  if image_size == 224 and architecture == 'vit_s16':
+    assert round(forward / 2e9, 1) == 4.6  # GMACs, as timm and the MoCo v3 paper give
+  assert patch_embedding == 2 * (image_size // 16) ** 2 * 16 * 16 * 3 * vit_size.width

@@ -203,12 +203,13 @@ class VisionTransformer(nn.Module):
     return pooled.astype(accumulation_dtype(self.dtype))
 
 
-def flops_per_frame(vit_spec: ViTSpec, image_size: int) -> float:
-  """Multiply-adds x 2 of one forward pass over a square frame: the patch convolution, every
-  block's qkv/proj/MLP matmuls and its two attention matmuls (LayerNorms, softmax, GELU and the
-  position resampling are left out, as in timm's and the MoCo v3 paper's GMAC counts)."""
+def forward_flops(vit_spec: ViTSpec, image_size: int) -> tuple[float, float]:
+  """2 x multiply-adds of one forward pass over a square frame, and of its patch projection
+  alone (whose input, the data, needs no gradient): the patch convolution, every block's
+  qkv/proj/MLP matmuls and its two attention matmuls. LayerNorms, softmax, GELU and the
+  position resampling are left out, as in timm's and the MoCo v3 paper's GMAC counts."""
   d, patches = vit_spec.width, grid_size(image_size) ** 2
   tokens = patches + 1
-  patch_macs = patches * PATCH_SIZE * PATCH_SIZE * 3 * d
-  block_macs = tokens * (3 * d * d + d * d + 2 * MLP_RATIO * d * d) + 2 * tokens * tokens * d
-  return 2.0 * (patch_macs + vit_spec.depth * block_macs)
+  patch_flops = 2 * patches * PATCH_SIZE * PATCH_SIZE * 3 * d
+  block_flops = 2 * (tokens * (3 * d * d + d * d + 2 * MLP_RATIO * d * d) + 2 * tokens**2 * d)
+  return float(patch_flops + vit_spec.depth * block_flops), float(patch_flops)
