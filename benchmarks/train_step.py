@@ -12,8 +12,18 @@ TFLOP/s with model FLOPs utilisation against the device's peak (FLOPs from XLA's
 analysis of the step lowered for the host's CPU: flops_per_step), and the on-device
 augmentation's share of the step: the seven crops and colour work of the same batch timed
 alone, against the whole step.
+
+  python benchmarks/train_step.py --config=configs/k400.py --aug_cost
+
+prints the on-device augmentation's FLOPs and bytes accessed per video, from XLA's cost
+analysis of the step's augmentation (the seven crops of --aug_cost_videos examples) compiled
+alone for one host CPU device, and their ratio to the floor: the uint8 frames read once and the
+crops written once. Nothing runs on the CPU; on an accelerator the step benchmark follows, with
+the augmentation's measured share of the step. --aug_cost_against=OTHER/augment.py adds the
+same figures for another version of vclr_jax/augment.py, compiled in the same run.
 """
 
+import importlib.util
 import os
 import sys
 import time
@@ -34,11 +44,17 @@ from vclr_jax import config_checks  # noqa: E402
 from vclr_jax import train_state as ts  # noqa: E402
 from vclr_jax import train_step as tstep  # noqa: E402
 from vclr_jax.global_batches import to_global  # noqa: E402
+from vclr_jax.models.resnet import accumulation_dtype  # noqa: E402
 
 config_flags.DEFINE_config_file('config', 'configs/k400.py', 'Experiment config.')
 flags.DEFINE_integer('steps', 20, 'Timed steps (after one compile-and-warm-up step).')
 flags.DEFINE_integer('num_videos', 241_190, 'Dataset size for the schedule (K400 train).')
 flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s of one device; 0 looks it up by device kind.')
+flags.DEFINE_bool('aug_cost', False, "Print the augmentation's FLOPs and bytes per video (XLA's "
+                  'cost analysis for the host CPU, nothing run) and their ratio to the floor; '
+                  'on an accelerator, then run the step benchmark.')
+flags.DEFINE_integer('aug_cost_videos', 8, 'Examples in the batch the augmentation is compiled for.')
+flags.DEFINE_string('aug_cost_against', None, 'Another augment.py to count in the same run.')
 FLAGS = flags.FLAGS
 
 # Dense peak TFLOP/s per device: bfloat16, and float32 as XLA runs it by default
@@ -84,6 +100,81 @@ def time_augmentation(config, mesh, batches) -> float:
   return (time.perf_counter() - start) / FLAGS.steps
 
 
+def augmentation_cost(config, videos: int, module=augment) -> dict[str, dict[str, float]]:
+  """XLA's cost analysis per video of the step's augmentation for ``videos`` examples, compiled
+  alone for one host CPU device in the step's augmentation dtype (nothing runs), with the
+  floor: the example's uint8 frames read once and its crops written once.
+
+  'crops': ``module.augment_frames`` as the step calls it, all seven crops in one array;
+  'views': the step's ``augmented_views``, which also slices them into the query tuple, the
+  key tuple and x1 (copies, counted too).
+  """
+  augment_config = module.AugmentConfig.from_config(config.data.augment)
+  dtype = accumulation_dtype(ts.COMPUTE_DTYPES[config.model.compute_dtype])
+  cpu_mesh = tstep.make_mesh(jax.devices('cpu')[:1])
+  shapes = batch_layout.batch_shapes(videos, tuple(config.data.frame_size),
+                                     config.data.clip_length)
+  split = NamedSharding(cpu_mesh, P(tstep.DATA_AXIS))
+  batch = {name: jax.ShapeDtypeStruct(shape, dtype_, sharding=split)
+           for name, (shape, dtype_) in shapes.items()}
+
+  def crops(batch):
+    # augmented_views' call, without its slicing into views.
+    keys = tstep.crop_keys(jax.random.key(0), videos, batch_layout.NUM_FRAMES + 1)
+    sources = jnp.concatenate([jnp.broadcast_to(jnp.arange(batch_layout.NUM_FRAMES),
+                                                (videos, batch_layout.NUM_FRAMES)),
+                               batch['anchor'][:, None]], axis=1).astype(jnp.int32)
+    return module.augment_frames(batch['frames'], sources, keys, config.data.image_size,
+                                 augment_config, dtype)
+
+  def views(batch):
+    tstep.augment = module  # augmented_views calls the module under test
+    try:
+      out = tstep.augmented_views(batch, jax.random.key(0), config.data.image_size,
+                                  augment_config, dtype)
+    finally:
+      tstep.augment = augment
+    return out['query_frames'], out['key_frames'], out['x1']
+
+  results = {}
+  for name, fn in (('crops', crops), ('views', views)):
+    fn = jax.jit(jax.shard_map(fn, mesh=cpu_mesh, in_specs=P(tstep.DATA_AXIS),
+                               out_specs=P(tstep.DATA_AXIS)))
+    start = time.perf_counter()
+    compiled = fn.lower(batch).compile()
+    compile_seconds = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    outputs = jax.tree.leaves(jax.eval_shape(fn, batch))
+    floor = (np.prod(shapes['frames'][0]) * np.dtype(shapes['frames'][1]).itemsize
+             + sum(np.prod(o.shape) * o.dtype.itemsize for o in outputs)) / videos
+    results[name] = dict(flops=float(cost['flops']) / videos,
+                         bytes=float(cost['bytes accessed']) / videos, floor=float(floor),
+                         compile_seconds=compile_seconds)
+  return results
+
+
+def print_augmentation_cost(config):
+  versions = [('vclr_jax/augment.py', augment)]
+  if FLAGS.aug_cost_against:
+    spec = importlib.util.spec_from_file_location('augment_against', FLAGS.aug_cost_against)
+    other = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = other  # its dataclasses look their module up
+    spec.loader.exec_module(other)
+    versions.append((FLAGS.aug_cost_against, other))
+  print(f'augmentation compiled alone for the host CPU, {FLAGS.aug_cost_videos} examples of '
+        f'{tuple(config.data.frame_size)} frames, {config.data.image_size} px crops, '
+        f'{config.model.compute_dtype} step; XLA cost analysis per video (floor: the uint8 '
+        'frames read once, the crops written once):')
+  for name, module in versions:
+    for level, cost in augmentation_cost(config, FLAGS.aug_cost_videos, module).items():
+      what = ('augment_frames, the seven crops' if level == 'crops'
+              else "augmented_views, with the step's slicing into views")
+      print(f'  {name}, {what}: {cost["flops"] / 1e9:.3f} GFLOP, '
+            f'{cost["bytes"] / 1e6:.1f} MB accessed, {cost["bytes"] / cost["floor"]:.1f}x the '
+            f'floor of {cost["floor"] / 1e6:.2f} MB (compiled in {cost["compile_seconds"]:.1f} s)')
+
+
 def flops_per_step(config) -> float:
   """FLOPs of one step over the global batch: XLA's cost analysis of it lowered for one CPU.
 
@@ -114,6 +205,10 @@ def flops_per_step(config) -> float:
 def main(argv):
   del argv
   config = FLAGS.config
+  if FLAGS.aug_cost:
+    print_augmentation_cost(config)
+    if jax.default_backend() == 'cpu':
+      return
   total_flops = flops_per_step(config)
   mesh = tstep.make_mesh()
   config_checks.check_divisibility(config, mesh.size)

@@ -14,26 +14,33 @@ Semantics are torchvision's float-tensor ones. dm-pix was considered: its bright
 additive, its contrast uses per-channel means and its saturation goes through HSV, so it
 would not match MoCo's recipe.
 
-How it is computed: the augmentation moves a few bytes per FLOP, so it is built to touch
-memory as little as possible (``benchmarks/train_step.py --aug_cost`` prints XLA's count).
+How it is computed: per video the augmentation reads 1.6 MB of uint8 frames and writes
+4.2 MB of float32 crops for about 1 GFLOP, so its cost is memory traffic; it is laid out as
+few elementwise passes as the order of the ops allows (``benchmarks/train_step.py --aug_cost``
+prints XLA's count of FLOPs and bytes).
 - The crop is a gather: every output pixel is a weighted sum of the few frame pixels under
   its resampling filter (``resize_taps``: K taps per axis, K from the largest box), read
-  straight from the uint8 frame. Dense interpolation matmuls would first copy the frame to
-  float and write a half-resampled image.
+  straight from the uint8 frame, the chosen frame indexed inside the gather. Dense
+  interpolation matmuls would first copy the frame to float and write a half-resampled image.
 - The flip reverses the column taps; every later op commutes with it (per-pixel colour, a
   global mean, a symmetric blur kernel).
+- The colour work runs on the crop's three channel planes, so every op is elementwise on
+  same-shaped arrays (no computed plane broadcast over a channel axis).
 - Brightness, contrast and saturation are each a blend ``clip(f x + (1 - f) o)`` with o = 0,
-  the image's mean grey or the pixel's grey. The drawn order is laid out as three of these
-  slots before the hue shift and three after it (``jitter_slots``): the slots at positions the
-  drawn order gives the cheap ops hold them, the others are the identity. So hue, the one
-  costly op, runs once per pixel, and the whole jitter, the grayscale and the normalisation are
-  one pass from the frame to the jittered crop.
+  the image's mean grey or the pixel's grey. The drawn order is laid out as three blend slots
+  before the hue shift and three after it (``jitter_slots``): the slots at the positions of
+  the cheap ops hold them, the others the identity. So hue, the one costly op, runs once per
+  pixel, instead of the four ops at each of the four positions.
 - Contrast needs the mean grey of the image as it stands at contrast's position: a reduction
-  pass recomputes the crop and the ops before contrast from the frame (it writes nothing).
-- Normalisation comes before the blur: the blur's taps sum to one, so it commutes with the
-  per-channel affine map. The blur is separable: two passes of 2r + 1 gathered taps with
-  reflected indices, the identity taps when the crop is not blurred.
-What XLA writes per crop is then the jittered crop and the two blur passes' outputs.
+  pass recomputes the crop and the ops before contrast from the frame.
+- Normalisation comes before the blur (the blur's taps sum to one, so it commutes with the
+  per-channel affine map). The blur is separable: columns as a sum of gathered taps with
+  reflected indices, rows as a dot with the blur matrix over the leading axis; the identity
+  taps when the crop is not blurred.
+How many intermediates XLA then writes is its fusion's choice: on the CPU backend a value
+that several ops read and that is larger than the L2 cache is written out unless its cost
+model finds recomputing it in every reader cheaper, and reductions become library calls on
+materialised inputs.
 
 Randomness: every crop's draws come from a key derived from (run key, step, global example
 index, crop), so the augmentation is the same on any number of devices and a resumed run
@@ -195,9 +202,9 @@ def resample(frames, index, taps):
 
   ``frames[index]`` is the (H, W, 3) frame (``index`` a tuple of leading indices, () for a
   single frame), indexed inside the gathers so that choosing the frame copies nothing.
-  One product per (row tap, column tap, channel) keeps the sum elementwise, so XLA fuses it
-  into whatever consumes the crop; a gather of all taps then a weighted reduction becomes a
-  dot over a materialised (S, K, S, K, 3) gather.
+  One product per (row tap, column tap, channel) keeps the sum elementwise, fusible into
+  whatever consumes the crop; a gather of all taps then a weighted reduction becomes a dot
+  over a materialised (S, K, S, K, 3) gather.
   """
   rows, row_weights, columns, column_weights = taps
   dtype = row_weights.dtype
@@ -249,19 +256,18 @@ def _hue_planes(planes, delta):
   """torchvision's float adjust_hue on channel planes: to HSV, shift the hue by ``delta``
   (mod 1), back.
 
-  Arranged so that XLA fuses it with the ops around it into one elementwise pass: the hue's
-  numerator is selected before its one division (torchvision divides three differences by the
-  chroma, then selects; the same value up to rounding), ``x - floor(x)`` is the mod 1 (equal
-  bit for bit on these ranges), and the six sectors' RGB are written as ``v (1 - s k)`` with
-  k in {0, 1, f, 1 - f} for (v, p, q, t).
+  The same arithmetic as torchvision's up to rounding, arranged with one division: the hue's
+  numerator is selected before it is divided by the chroma (torchvision divides three
+  differences, then selects), ``x - floor(x)`` is the mod 1 (equal bit for bit on these
+  ranges), and HSV to RGB uses v s = chroma: torchvision's p, q, t = v (1 - s k) for
+  k = 1, f, 1 - f are v - chroma k. Divisions and values read by many ops are what XLA
+  writes out rather than fusing.
   """
   r, g, b = planes
   maxc = jnp.maximum(jnp.maximum(r, g), b)
   minc = jnp.minimum(jnp.minimum(r, g), b)
-  equal = maxc == minc
   chroma = maxc - minc
-  saturation = chroma / jnp.where(equal, 1.0, maxc)
-  divisor = jnp.where(equal, 1.0, chroma)
+  divisor = jnp.where(chroma == 0, 1.0, chroma)
   numerator = jnp.where(maxc == r, g - b, jnp.where(maxc == g, 2.0 * divisor + b - r,
                                                     4.0 * divisor + r - g))
   hue = numerator / divisor / 6.0 + 1.0  # in [5/6, 11/6]
@@ -278,12 +284,13 @@ def _hue_planes(planes, delta):
     return chosen
 
   # (R, G, B) of the six sectors of the hue circle: torchvision's (v, q, p, p, t, v),
-  # (t, v, v, q, p, p), (p, p, t, v, v, q) with p, q, t = v (1 - s k) for k = 1, f, 1 - f.
+  # (t, v, v, q, p, p), (p, p, t, v, v, q), each v - chroma k with k 0 for v, 1 for p, f for q
+  # and 1 - f for t.
   one_minus_f = 1.0 - f
   k = (by_sector(0.0, f, 1.0, 1.0, one_minus_f, 0.0),
        by_sector(one_minus_f, 0.0, 0.0, f, 1.0, 1.0),
        by_sector(1.0, 1.0, one_minus_f, 0.0, 0.0, f))
-  return tuple(jnp.clip(maxc * (1.0 - saturation * k_c), 0.0, 1.0) for k_c in k)
+  return tuple(maxc - chroma * k_c for k_c in k)
 
 
 def grayscale(image):
@@ -366,21 +373,27 @@ def _jitter_pass(planes, params, slots, end, contrast_mean):
 
 
 def _color_jitter_planes(planes, params, enabled):
+  dtype = planes[0].dtype
   slots = jitter_slots(params['order'])
   end = jnp.where(enabled, NUM_JITTER_OPS, 0)
   contrast_position = jnp.argmax(params['order'] == CONTRAST)
   before_contrast = _jitter_pass(planes, params, slots, jnp.minimum(contrast_position, end),
                                  0.0)
-  mean = jnp.mean(_grey(before_contrast))
+  # The grey of the planes' means is the mean grey (grey is linear). One reduction over the
+  # three planes: XLA:CPU hands single reductions to a library that takes a written-out input,
+  # while this one stays fused with the pass it reduces.
+  sums = jax.lax.reduce(before_contrast, (jnp.zeros((), dtype),) * 3,
+                        lambda a, b: tuple(x + y for x, y in zip(a, b)),
+                        tuple(range(before_contrast[0].ndim)))
+  mean = _grey(sums) / before_contrast[0].size
   return _jitter_pass(planes, params, slots, end, mean)
 
 
 def color_jitter(image, params, enabled=True):
   """The four jitter ops in ``params['order']`` on an (H, W, 3) image (none if not enabled).
 
-  Two passes, both elementwise from the crop (which XLA recomputes from the frame in each
-  rather than writing it out): a reduction of the ops before contrast to contrast's mean grey,
-  then the four ops in one pass.
+  Two elementwise passes over the crop: a reduction of the ops before contrast to contrast's
+  mean grey, then the four ops.
   """
   return _image(_color_jitter_planes(_planes(image), params, enabled))
 
@@ -412,8 +425,9 @@ def gaussian_blur(image, taps):
   Columns first, as a sum of gathered taps: XLA counts a gathered operand as read once
   (shifted slices would each count as a read of the image), where a dot over the middle axis
   would need transposed copies around it. Then rows, as a dot with the (H, H) blur matrix:
-  it contracts the leading axis, so it needs no transposed copy, and its output is the crop,
-  written once whatever slices of it the caller takes.
+  it contracts the leading axis, so it needs no transposed copy, and XLA writes its output
+  once, whatever slices of the crops the caller takes (a gathered last pass is recomputed in
+  each slice, its gathers written out tap by tap).
   """
   radius = (taps.shape[0] - 1) // 2
   columns = _reflected_sources(image.shape[1], radius)
