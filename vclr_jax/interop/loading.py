@@ -89,10 +89,10 @@ def fill_variables(weights: TorchWeights, template: Mapping) -> tuple[dict, Load
     loaded_backbone = loaded_backbone or path[1] == 'backbone'
   if not loaded_backbone:
     raise ValueError(f'{weights.path}: none of its {len(weights.tensors)} tensors is a weight of '
-                     f'the model\'s backbone (first keys: {list(weights.sources.values())[:5]}). '
-                     'Expected torchvision, MoCo, reference VCLR or mmaction2 key names (timm, '
-                     'DeiT or MoCo v3 for a ViT), matching config.model.architecture; see '
-                     'docs/interop.md.')
+                     'the ResNet, 3D or ViT backbone (first keys: '
+                     f'{list(weights.sources.values())[:5]}). Expected torchvision, MoCo, '
+                     'reference VCLR or mmaction2 key names (timm, DeiT or MoCo v3 for a ViT), '
+                     'matching config.model.architecture; see docs/interop.md.')
   used = {torch_name(path) for path in flat_template}
   unexpected = [weights.sources[name] for name in weights.tensors if name not in used]
   variables = dict(template)

@@ -166,10 +166,9 @@ class PatchEmbed(nn.Module):
     bound = fan_in ** -0.5
     uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(
         key, shape, dtype, -bound, bound)
-    x = nn.Conv(self.width, (PATCH_SIZE, PATCH_SIZE), (PATCH_SIZE, PATCH_SIZE), padding='VALID',
-                kernel_init=uniform, bias_init=uniform, dtype=self.dtype,
-                param_dtype=jnp.float32, name='proj')(frames)
-    return x
+    return nn.Conv(self.width, (PATCH_SIZE, PATCH_SIZE), (PATCH_SIZE, PATCH_SIZE),
+                   padding='VALID', kernel_init=uniform, bias_init=uniform, dtype=self.dtype,
+                   param_dtype=jnp.float32, name='proj')(frames)
 
 
 class VisionTransformer(nn.Module):
