@@ -7,6 +7,8 @@ batch on 4 devices in this process. A device count the batch does not divide ove
 the short config error before anything is written.
 """
 
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from conftest import FAST_COMPILE_FLAGS, tiny_config
 from vclr_jax import checkpointing
 from vclr_jax import cli_errors
 from vclr_jax import global_batches
+from vclr_jax import profiling
 from vclr_jax import train
 from vclr_jax import train_state as ts
 from vclr_jax import train_step as tstep
@@ -30,13 +33,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # wrong example would train on other videos.
 CLI_OVERRIDES = {
     'data.source': 'in_memory', 'data.in_memory_videos': 8, 'data.image_size': 80,
-    'data.frame_size': '(96, 96)', 'batch_size': 8, 'queue_size': 48, 'num_epochs': 2,
+    'data.frame_size': '(96, 96)', 'batch_size': 8, 'queue_size': 48, 'num_epochs': 3,
     'optim.warmup_epochs': 1, 'optim.base_lr': 0.1, 'model.depth': 10,
     'model.width_multiplier': 0.125, 'model.shuffle_bn_groups_per_device': 2,
     'model.compute_dtype': 'float64', 'checkpoint.every_steps': 1, 'log_every_steps': 1}
 # Float64 throughout: another device count's BN batches move the numbers by far more
 # (test_train_step.py, FLOAT64_RTOL).
 RELATIVE_TOLERANCE = 1e-9
+# How jax.profiler names one device's execution of the jitted train step.
+TRAIN_STEP_EXECUTION = 'CommonPjRtLoadedExecutable::Execute (jit_step_on_device)'
 
 
 def config_for():
@@ -106,7 +111,10 @@ def runs(tmp_path_factory):
   first = main(workdir, 8)
   assert first.returncode == 0, first.stderr[-3000:]
   # Resume from step 1 on 4 devices (step 2's checkpoint is moved aside, not deleted).
-  second = main(workdir, 4, '--config.checkpoint.resume_step=1')
+  # Its second step is traced too (config.profile through the entry point; its first step
+  # compiles).
+  second = main(workdir, 4, '--config.checkpoint.resume_step=1',
+                '--config.profile.start_step=3', '--config.profile.num_steps=1')
   assert second.returncode == 0, second.stderr[-3000:]
   return workdir, first.stderr, second.stderr
 
@@ -133,3 +141,14 @@ def test_a_device_count_the_batch_does_not_divide_over_writes_nothing(runs):
   assert len(lines) <= cli_errors.MAX_LINES, lines
   assert 'config.batch_size=8 must be divisible by the number of devices (3)' in result.stderr
   assert tree_listing(workdir) == before
+
+
+def test_the_profile_window_traces_the_train_step_on_every_device(runs):
+  workdir, _, second_log = runs
+  trace_dirs = list((workdir / profiling.PROFILE_DIR / 'plugins' / 'profile').iterdir())
+  assert len(trace_dirs) == 1 and list(trace_dirs[0].glob('*.xplane.pb'))
+  assert f'Profile of steps 3 to 3: {trace_dirs[0]}' in second_log, second_log[-3000:]
+  with gzip.open(trace_dirs[0] / 'perfetto_trace.json.gz') as trace:
+    names = [event.get('name', '') for event in json.load(trace)['traceEvents']]
+  counts = {device: names.count(f'[{device}] {TRAIN_STEP_EXECUTION}') for device in range(4)}
+  assert counts == {0: 1, 1: 1, 2: 1, 3: 1}, counts
