@@ -120,3 +120,16 @@ def test_the_config_reference_lists_every_pretraining_key():
 
   missing = [key for key in leaves(config) if f'`{key}`' not in reference]
   assert not missing, f'docs/training.md, "Config reference", lacks {missing}'
+
+
+def test_the_step_figure_is_drawn_by_its_script(tmp_path):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('draw_step',
+                                                os.path.join(REPO, 'scripts', 'draw_step.py'))
+  draw_step = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(draw_step)
+  draw_step.draw(str(tmp_path / 'step.png'))
+  with Image.open(tmp_path / 'step.png') as drawn, \
+      Image.open(os.path.join(REPO, 'docs', 'train_step.png')) as committed:
+    assert drawn.size == committed.size  # the committed figure is the script's
