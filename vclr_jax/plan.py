@@ -53,7 +53,7 @@ from vclr_jax import train_state as train_state_lib  # noqa: E402
 from vclr_jax import train_step as train_step_lib  # noqa: E402
 from vclr_jax.models import vit  # noqa: E402
 from vclr_jax.models.resnet import STAGE_BLOCKS  # noqa: E402
-from vclr_jax.models.vclr import vit_spec  # noqa: E402
+from vclr_jax.models.vclr import has_batch_norm, vit_spec  # noqa: E402
 
 K400_TRAIN_VIDEOS = 241_190
 GPU_TARGETS = Path(__file__).parent / 'gpu_targets'
@@ -460,7 +460,9 @@ def build_report(config, target: Target, num_hosts: int, num_chips: int, compile
       'chip': chip.name if chip else 'CPU',
       'global_batch': config.batch_size, 'per_chip_batch': per_chip,
       'compute_dtype': config.model.compute_dtype,
-      'shuffle_bn_devices': config.model.shuffle_bn_devices,
+      # A ViT has no BatchNorm, so its keys are not shuffled (0).
+      'shuffle_bn_devices': (config.model.shuffle_bn_devices
+                             if has_batch_norm(config.model.architecture) else 0),
       'memory_bytes': compiled.memory,
       'hbm_capacity_bytes': capacity_gb * chips.GB if capacity_gb else None,
       'flops_per_step': compiled.flops, 'gflop_per_video_step': step_per_video / 1e9,
@@ -498,7 +500,9 @@ def format_report(report: dict) -> str:
       f"topology {report['compiled_for']}, {report['num_slices']} slice(s), "
       f"{report['hosts']} host(s))",
       f"batch {report['global_batch']} ({report['per_chip_batch']} per chip), "
-      f"{report['compute_dtype']}, shuffle-BN over {report['shuffle_bn_devices']} devices",
+      f"{report['compute_dtype']}, " + (
+          f"shuffle-BN over {report['shuffle_bn_devices']} devices"
+          if report['shuffle_bn_devices'] else 'no shuffle-BN'),
       'Per chip (compiled):',
       f"  HBM arguments (state + batch)  {_gb(memory['argument'])} "
       f"({_gb(memory['alias'])} donated to the output)",
