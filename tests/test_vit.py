@@ -177,6 +177,8 @@ def test_bn_settings_with_a_vit_are_one_line_errors():
   for key, problem in zip(('key_bn', 'bn_batching', 'shuffle_bn_groups_per_device'), problems):
     assert problem.startswith(f'config.model.{key}=') and '\n' not in problem
     assert 'no meaning for a network without BatchNorm' in problem
+  with pytest.raises(ConfigError, match=r'^config.model.vit_width=32 must be a multiple of the 3 heads'):
+    config_checks.validate_config(tiny_vit_config(**{'model.vit_heads': 3}), 1, 1)
   resnet = tiny_config()
   resnet.model.freeze_patch_embedding = True
   with pytest.raises(ConfigError, match='freeze_patch_embedding'):

@@ -28,7 +28,7 @@ from vclr_jax.cli_errors import ConfigError
 from vclr_jax.cli_errors import UserError
 from vclr_jax.models import video3d
 from vclr_jax.models.resnet import STAGE_BLOCKS
-from vclr_jax.models.vclr import ARCHITECTURES, ORDER_NORMS, has_batch_norm
+from vclr_jax.models.vclr import ARCHITECTURES, ORDER_NORMS, has_batch_norm, vit_spec
 
 DATA_SOURCES = ('records', 'tfds', 'in_memory')
 PYTORCH_SUFFIXES = ('.pth', '.pt', '.tar', '.safetensors')  # init_from files read by interop
@@ -197,6 +197,10 @@ def _vit_problems(config) -> list[str]:
     problems += [f'config.model.{key}={model[key]!r} has no meaning for a network without '
                  f'BatchNorm ({model.architecture}): leave it at {default!r}.'
                  for key, default in BN_DEFAULTS.items() if model[key] != default]
+    try:
+      vit_spec(model)  # the pooling, and a width that the heads divide
+    except ValueError as error:
+      problems.append(str(error))
   elif model.get('freeze_patch_embedding', False):
     problems.append(f'config.model.freeze_patch_embedding freezes a ViT\'s patch projection; '
                     f'{model.architecture} has none: set it to False.')

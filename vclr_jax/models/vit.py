@@ -75,8 +75,8 @@ def spec(architecture: str, width: int = 0, depth: int = 0, num_heads: int = 0,
   base = ARCHITECTURES[architecture]
   result = ViTSpec(width or base.width, depth or base.depth, num_heads or base.num_heads, pool)
   if result.width % result.num_heads:
-    raise ValueError(f'The ViT width {result.width} (config.model.vit_width) must be a multiple '
-                     f'of its {result.num_heads} heads (config.model.vit_heads).')
+    raise ValueError(f'config.model.vit_width={result.width} must be a multiple of the '
+                     f'{result.num_heads} heads (config.model.vit_heads): change either.')
   return result
 
 
