@@ -256,12 +256,11 @@ def _hue_planes(planes, delta):
   """torchvision's float adjust_hue on channel planes: to HSV, shift the hue by ``delta``
   (mod 1), back.
 
-  The same arithmetic as torchvision's up to rounding, arranged with one division: the hue's
+  The same arithmetic as torchvision's up to rounding, elementwise throughout: the hue's
   numerator is selected before it is divided by the chroma (torchvision divides three
   differences, then selects), ``x - floor(x)`` is the mod 1 (equal bit for bit on these
-  ranges), and HSV to RGB uses v s = chroma: torchvision's p, q, t = v (1 - s k) for
-  k = 1, f, 1 - f are v - chroma k. Divisions and values read by many ops are what XLA
-  writes out rather than fusing.
+  ranges), and the six sectors' RGB are ``v (1 - s k)`` with k in {0, 1, f, 1 - f} for
+  (v, p, q, t).
   """
   r, g, b = planes
   maxc = jnp.maximum(jnp.maximum(r, g), b)
@@ -284,13 +283,17 @@ def _hue_planes(planes, delta):
     return chosen
 
   # (R, G, B) of the six sectors of the hue circle: torchvision's (v, q, p, p, t, v),
-  # (t, v, v, q, p, p), (p, p, t, v, v, q), each v - chroma k with k 0 for v, 1 for p, f for q
-  # and 1 - f for t.
+  # (t, v, v, q, p, p), (p, p, t, v, v, q) with p, q, t = v (1 - s k) for k = 1, f, 1 - f.
   one_minus_f = 1.0 - f
   k = (by_sector(0.0, f, 1.0, 1.0, one_minus_f, 0.0),
        by_sector(one_minus_f, 0.0, 0.0, f, 1.0, 1.0),
        by_sector(1.0, 1.0, one_minus_f, 0.0, 0.0, f))
-  return tuple(maxc - chroma * k_c for k_c in k)
+  # The saturation's division, with its several readers, is where XLA:CPU splits the colour
+  # pass. Written as v - chroma k (v s = chroma), one pass from frame to jittered crop, XLA:CPU's
+  # default fusion emitters recompute the values shared inside it at every read (about 500x
+  # slower there), so the division stays.
+  saturation = chroma / jnp.where(chroma == 0, 1.0, maxc)
+  return tuple(jnp.clip(maxc * (1.0 - saturation * k_c), 0.0, 1.0) for k_c in k)
 
 
 def grayscale(image):
