@@ -313,6 +313,48 @@ def count_collectives(hlo_text: str) -> dict[str, dict[str, int]]:
   return found
 
 
+# Top-level HLO ops that move no HBM data of their own (names, views, markers).
+NO_TRAFFIC_OPS = ('parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast',
+                  'after-all', 'partition-id', 'replica-id', 'opt-barrier')
+
+
+def _operand_text(text: str) -> str:
+  """``text`` (what follows an op's opening parenthesis) up to its closing one."""
+  depth = 1
+  for index, char in enumerate(text):
+    depth += {'(': 1, ')': -1}.get(char, 0)
+    if depth == 0:
+      return text[:index]
+  return text
+
+
+def top_level_hbm_bytes(hlo_text: str) -> float:
+  """Bytes the entry computation's ops read and write in an optimised module: every
+  top-level op (a fusion, a library call such as a cuDNN convolution, a copy, a collective)
+  reads its operands from HBM and writes its result there; fused intermediates stay on chip.
+  For executables that report no cost analysis (GPU)."""
+  sizes, entry, in_entry = {}, [], False
+  instruction = re.compile(r'\s*(?:ROOT )?(%?[\w.-]+) = (.*?) ([\w-]+)\((.*)$')
+  for line in hlo_text.splitlines():
+    if line.startswith('ENTRY'):
+      in_entry = True
+      continue
+    if in_entry and line.startswith('}'):
+      in_entry = False
+    match = instruction.match(line)
+    if not match:
+      continue
+    name, result, op, rest = match.groups()
+    sizes[name] = sum(_shape_bytes(result))
+    if in_entry and op not in NO_TRAFFIC_OPS and not op.endswith('-done'):
+      entry.append((name, rest))
+  total = 0
+  for name, rest in entry:
+    operands = re.findall(r'%?[\w.-]+', _operand_text(rest))
+    total += sizes[name] + sum(sizes.get(operand, 0) for operand in operands)
+  return float(total)
+
+
 @dataclasses.dataclass
 class Compiled:
   per_chip_batch: int
@@ -360,15 +402,16 @@ def compile_step(config: ml_collections.ConfigDict, devices, num_videos: int) ->
   cost = lowered_cost(lowered)
   compiled_cost = compiled.cost_analysis()
   compiled_cost = compiled_cost[0] if isinstance(compiled_cost, (list, tuple)) else compiled_cost
+  hlo_text = compiled.as_text()
   if compiled_cost and compiled_cost.get('bytes accessed'):
-    hbm_bytes, source = compiled_cost['bytes accessed'], 'compiled module'
-  else:  # GPU executables report no cost: the unfused module's traffic, an upper bound
-    hbm_bytes, source = cost['bytes accessed'], 'lowered module (unfused: an upper bound)'
+    hbm_bytes, source = compiled_cost['bytes accessed'], "compiled module's cost analysis"
+  else:  # GPU executables report no cost analysis
+    hbm_bytes, source = top_level_hbm_bytes(hlo_text), "compiled module's top-level ops"
   return Compiled(
       per_chip_batch=config.batch_size // mesh.size,
       memory=memory_figures(compiled.memory_analysis()), flops=float(cost['flops']),
       hbm_bytes=float(hbm_bytes), hbm_bytes_source=source,
-      collectives=count_collectives(compiled.as_text()),
+      collectives=count_collectives(hlo_text),
       lower_seconds=lowered_at - start, compile_seconds=done - lowered_at)
 
 
@@ -556,8 +599,11 @@ def plan(config: ml_collections.ConfigDict, target: Target, *, per_chip_batch: i
   num_hosts = len({device.process_index for device in devices})
   config = planned_config(config, num_chips, per_chip_batch, num_videos)
   config_checks.validate_config(config, num_chips, num_hosts)
-  train_step_lib.resolve_shuffle_bn(config, num_chips)
-  compiled = compile_step(config, devices, num_videos)
+  # The automatic (0) shuffle-BN settings resolved as main does, on a copy: a search over
+  # batches resolves them again for each batch.
+  resolved = config.copy_and_resolve_references()
+  train_step_lib.resolve_shuffle_bn(resolved, num_chips)
+  compiled = compile_step(resolved, devices, num_videos)
   chip = chips.CHIPS.get(target.chip)
   capacity_gb = capacity_gb or (chip.hbm_gb if chip else 0.0)
   search = None
@@ -569,6 +615,7 @@ def plan(config: ml_collections.ConfigDict, target: Target, *, per_chip_batch: i
 
     def peak_of(per_chip: int) -> float | None:
       candidate = batch_config(config, num_chips, per_chip)
+      config_checks.validate_config(candidate, num_chips, num_hosts)
       train_step_lib.resolve_shuffle_bn(candidate, num_chips)
       try:
         return compile_step(candidate, devices, num_videos).memory['peak']
@@ -582,7 +629,7 @@ def plan(config: ml_collections.ConfigDict, target: Target, *, per_chip_batch: i
     search = {'per_chip_batch': best, 'tried': tried, 'compiles': len(tried) - 1,
               'seconds': time.perf_counter() - start,
               'capacity_bytes': capacity_gb * chips.GB}
-  return build_report(config, target, num_hosts, num_chips, compiled, num_videos,
+  return build_report(resolved, target, num_hosts, num_chips, compiled, num_videos,
                       capacity_gb or None, search)
 
 
