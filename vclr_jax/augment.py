@@ -15,7 +15,7 @@ additive, its contrast uses per-channel means and its saturation goes through HS
 would not match MoCo's recipe.
 
 How it is computed: per video the augmentation reads 1.6 MB of uint8 frames and writes
-4.2 MB of float32 crops for about 1 GFLOP, so its cost is memory traffic; it is laid out as
+4.2 MB of float32 crops for under 1 GFLOP, so its cost is memory traffic; it is laid out as
 few elementwise passes as the order of the ops allows (``benchmarks/train_step.py --aug_cost``
 prints XLA's count of FLOPs and bytes).
 - The crop is a gather: every output pixel is a weighted sum of the few frame pixels under
@@ -39,8 +39,10 @@ prints XLA's count of FLOPs and bytes).
   taps when the crop is not blurred.
 How many intermediates XLA then writes is its fusion's choice: on the CPU backend a value
 that several ops read and that is larger than the L2 cache is written out unless its cost
-model finds recomputing it in every reader cheaper, and reductions become library calls on
-materialised inputs.
+model finds recomputing it in every reader cheaper (the hue's saturation is one such value:
+written as v - chroma k instead, the colour pass becomes one fusion that XLA:CPU's default
+emitters recompute at every shared read, hundreds of times slower), and single reductions
+become library calls on written-out inputs (contrast's is one reduction over three planes).
 
 Randomness: every crop's draws come from a key derived from (run key, step, global example
 index, crop), so the augmentation is the same on any number of devices and a resumed run
