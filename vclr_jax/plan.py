@@ -332,7 +332,7 @@ def top_level_hbm_bytes(hlo_text: str) -> float:
   """Bytes the entry computation's ops read and write in an optimised module: every
   top-level op (a fusion, a library call such as a cuDNN convolution, a copy, a collective)
   reads its operands from HBM and writes its result there; fused intermediates stay on chip.
-  For executables that report no cost analysis (GPU)."""
+  """
   sizes, entry, in_entry = {}, [], False
   instruction = re.compile(r'\s*(?:ROOT )?(%?[\w.-]+) = (.*?) ([\w-]+)\((.*)$')
   for line in hlo_text.splitlines():
@@ -400,13 +400,11 @@ def compile_step(config: ml_collections.ConfigDict, devices, num_videos: int) ->
   compiled = lowered.compile()
   done = time.perf_counter()
   cost = lowered_cost(lowered)
-  compiled_cost = compiled.cost_analysis()
-  compiled_cost = compiled_cost[0] if isinstance(compiled_cost, (list, tuple)) else compiled_cost
+  # The HBM traffic of the compiled module's top-level ops, the same way for every target:
+  # GPU executables report no cost analysis, and the TPU one's 'bytes accessed' counts
+  # on-chip traffic too (18x the top-level bytes for the tests' tiny step).
   hlo_text = compiled.as_text()
-  if compiled_cost and compiled_cost.get('bytes accessed'):
-    hbm_bytes, source = compiled_cost['bytes accessed'], "compiled module's cost analysis"
-  else:  # GPU executables report no cost analysis
-    hbm_bytes, source = top_level_hbm_bytes(hlo_text), "compiled module's top-level ops"
+  hbm_bytes, source = top_level_hbm_bytes(hlo_text), "compiled module's top-level ops"
   return Compiled(
       per_chip_batch=config.batch_size // mesh.size,
       memory=memory_figures(compiled.memory_analysis()), flops=float(cost['flops']),
