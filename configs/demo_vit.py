@@ -8,6 +8,10 @@ of its depth and two thirds of its width), trained with AdamW as configs/k400_vi
 frozen random patch projection, weight decay 0.1 off norms, biases, position embedding and
 class token, temperature 0.2). The learning rate is larger than MoCo v3's 1.5e-4 x batch / 256:
 a network this small trained this briefly learns nothing at that rate.
+
+Measured 2026-12-06 on 2 CPU cores shared with other jobs (one seed; scripts/demo.sh's steps
+with this config): 405 steps in 14 min; final training accuracies inter 0.64, intra 0.88,
+video 0.79, order 0.52; linear top-1 26.0%, retrieval R@1 21.9% on the synthetic test split.
 """
 
 import ml_collections
