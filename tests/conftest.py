@@ -76,6 +76,7 @@ def config():
 LONGEST_FILES = ('test_train_step.py',  # 170* (224 before) in several tests
                  'test_notebook.py',  # 142
                  'test_multiprocess.py',  # 255, two processes
+                 'test_plan.py',  # 6-7 libtpu compiles of the tiny step and one CPU compile
                  'test_main.py',  # 146
                  'test_bn_batching.py',  # 111* (119 before)
                  'test_clips.py',  # ~210 under a load of 10 on 2 cores (8-vs-1-device R3D step)
