@@ -73,16 +73,21 @@ def config():
 # their number of tests, which put the one-test test_multiprocess.py last. Seconds in the suite
 # (2 workers, 2026-12-05); in this order the two workers were busy 899 and 887 s. Figures with
 # a * were cut later that day: the suite's figure scaled by the file's CPU time alone after/before.
-LONGEST_FILES = ('test_train_step.py',  # 170* (224 before) in several tests
-                 'test_notebook.py',  # 142
+LONGEST_FILES = ('test_plan.py',  # libtpu compiles of the tiny step and a --find_max_batch search
+                 'test_synthetic_learning.py',  # the ResNet and the tiny ViT learning runs
+                 'test_stops.py',  # every stop from the real CLI
+                 'test_resume_device_count.py',  # three float64 CLI runs
                  'test_multiprocess.py',  # 255, two processes
-                 'test_plan.py',  # 6-7 libtpu compiles of the tiny step and one CPU compile
+                 'test_multiprocess_stops.py',  # two 2-process runs
+                 'test_vit.py',  # the 8-vs-1-device float64 ViT step
+                 'test_train_step.py',  # 170* (224 before) in several tests
+                 'test_notebook.py',  # 142
                  'test_main.py',  # 146
                  'test_bn_batching.py',  # 111* (119 before)
                  'test_clips.py',  # ~210 under a load of 10 on 2 cores (8-vs-1-device R3D step)
                  'test_eval_end_to_end.py',  # 151* (188 before), +70 alone for the 3D test
                  'test_divergence.py',  # 109
-                 'test_synthetic_learning.py',  # 118 alone, beside another run
+                 'test_vit_eval.py',
                  'test_tfds.py',  # 71 alone, beside another run
                  'test_input_damage.py',  # 58
                  'test_models_3d.py',  # ~35 alone
