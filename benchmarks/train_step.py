@@ -186,17 +186,7 @@ def flops_per_step(config) -> float:
   config = config.copy_and_resolve_references()
   cpu_mesh = tstep.make_mesh(jax.devices('cpu')[:1])
   tstep.resolve_shuffle_bn(config, 1)
-  replicated, split = NamedSharding(cpu_mesh, P()), NamedSharding(cpu_mesh, P(tstep.DATA_AXIS))
-  state_shapes = jax.eval_shape(lambda rng: ts.create_train_state(config, FLAGS.num_videos, rng),
-                                jax.random.key(0))
-  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                       state_shapes)
-  batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=split)
-           for name, (shape, dtype) in batch_layout.batch_shapes(
-               config.batch_size, tuple(config.data.frame_size),
-               config.data.clip_length).items()}
-  step = tstep.make_train_step(config, cpu_mesh, ts.make_optimizer(config, FLAGS.num_videos),
-                               ts.learning_rate_schedule(config, FLAGS.num_videos))
+  step, state, batch = tstep.abstract_step(config, cpu_mesh, FLAGS.num_videos)
   cost = step.lower(state, batch).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost['flops'])

@@ -60,8 +60,9 @@ def fenced_blocks(text: str):
     i += 1
 
 
-def prose_lines(text: str):
-  """Yields (line number, line) of the text outside fenced code, inline code removed."""
+def prose_lines(text: str, keep_inline_code: bool = False):
+  """Yields (line number, line) of the text outside fenced code, inline code removed unless
+  ``keep_inline_code`` (headings keep their code's text in anchors)."""
   in_fence = None
   for number, line in enumerate(text.splitlines(), 1):
     match = _FENCE.match(line)
@@ -72,7 +73,7 @@ def prose_lines(text: str):
     if match:
       in_fence = match.group(1)
       continue
-    yield number, _INLINE_CODE.sub('', line)
+    yield number, line if keep_inline_code else _INLINE_CODE.sub('', line)
 
 
 def shell_commands(first_line: int, lines: list[str]):
@@ -108,7 +109,7 @@ def heading_anchors(path: str) -> frozenset[str]:
   with open(path, encoding='utf-8') as f:
     text = f.read()
   anchors, seen = set(), {}
-  for _, line in prose_lines_with_code(text):
+  for _, line in prose_lines(text, keep_inline_code=True):
     match = re.match(r'^#{1,6}\s+(.*?)\s*#*\s*$', line)
     if match:
       anchor = github_anchor(match.group(1))
@@ -116,21 +117,6 @@ def heading_anchors(path: str) -> frozenset[str]:
       seen[anchor] = count + 1
       anchors.add(anchor if count == 0 else f'{anchor}-{count}')
   return frozenset(anchors)
-
-
-def prose_lines_with_code(text: str):
-  """Like prose_lines, but inline code kept (headings keep their code's text in anchors)."""
-  in_fence = None
-  for number, line in enumerate(text.splitlines(), 1):
-    match = _FENCE.match(line)
-    if in_fence:
-      if line.strip().startswith(in_fence):
-        in_fence = None
-      continue
-    if match:
-      in_fence = match.group(1)
-      continue
-    yield number, line
 
 
 class EntryPoint:

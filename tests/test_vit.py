@@ -11,7 +11,8 @@ import pytest
 
 from configs import k400_vit_s16
 from conftest import tiny_config
-from test_synthetic_learning import SHORT_RUN, TERMS, chance_losses, records_dir  # noqa: F401
+from test_synthetic_learning import SHORT_RUN, assert_run_lowers_every_loss_term  # noqa: F401
+from test_synthetic_learning import records_dir  # noqa: F401
 from vclr_jax import train_state as ts
 from vclr_jax.export import export_and_verify
 from vclr_jax.interop import load_pytorch_variables
@@ -241,16 +242,9 @@ def test_a_position_embedding_of_another_grid_is_resampled_as_timm_does(tmp_path
 
 def test_short_vit_run_lowers_every_loss_term(records_dir, tmp_path):  # noqa: F811
   """test_synthetic_learning.py's run and its test, with the tiny ViT and AdamW."""
-  from vclr_jax import plots, train
   config = tiny_vit_config(**SHORT_RUN, **{'data.records_dir': records_dir,
                                            'optim.base_lr': 0.05})  # x 16 / 256: 3e-3 peak
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
-  curves = plots.read_scalars(workdir)
-  chance = chance_losses(config)
-  last_window = {term: curves[f'loss_{term}'][1][-3:].mean() for term in TERMS}
-  for term in TERMS:
-    assert last_window[term] < chance[term] - 0.05, (term, chance, last_window)
+  assert_run_lowers_every_loss_term(config, str(tmp_path / 'run'))
 
 
 @pytest.mark.parametrize('architecture, image_size', [('vit_s16', 224), ('vit_b16', 96)])

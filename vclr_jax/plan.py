@@ -42,7 +42,6 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from vclr_jax import batch as batch_layout  # noqa: E402
@@ -380,20 +379,7 @@ def memory_figures(stats) -> dict[str, int]:
 def compile_step(config: ml_collections.ConfigDict, devices, num_videos: int) -> Compiled:
   """Lowers and compiles main's train step for ``devices`` from abstract state and batch."""
   mesh = train_step_lib.make_mesh(devices)
-  replicated = NamedSharding(mesh, P())
-  split = NamedSharding(mesh, P(train_step_lib.DATA_AXIS))
-  state_shapes = jax.eval_shape(
-      lambda rng: train_state_lib.create_train_state(config, num_videos, rng),
-      jax.random.key(config.seed))
-  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                       state_shapes)
-  batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=split)
-           for name, (shape, dtype) in batch_layout.batch_shapes(
-               config.batch_size, tuple(config.data.frame_size),
-               config.data.clip_length).items()}
-  step = train_step_lib.make_train_step(
-      config, mesh, train_state_lib.make_optimizer(config, num_videos),
-      train_state_lib.learning_rate_schedule(config, num_videos))
+  step, state, batch = train_step_lib.abstract_step(config, mesh, num_videos)
   start = time.perf_counter()
   lowered = step.lower(state, batch)
   lowered_at = time.perf_counter()

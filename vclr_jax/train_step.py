@@ -37,7 +37,8 @@ from vclr_jax import batch as batch_layout
 from vclr_jax import losses
 from vclr_jax.models.resnet import accumulation_dtype
 from vclr_jax.models.vclr import has_batch_norm
-from vclr_jax.train_state import TrainState, build_model
+from vclr_jax.train_state import TrainState, build_model, create_train_state
+from vclr_jax.train_state import learning_rate_schedule, make_optimizer
 
 DATA_AXIS = 'data'
 BN_MODES = {'online_bn': ('per_device', 'sync'), 'key_bn': ('shuffle', 'sync'),
@@ -327,6 +328,23 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, le
   sharded = jax.shard_map(step_on_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
                           out_specs=(P(), P()))
   return jax.jit(sharded, donate_argnums=(0,))
+
+
+def abstract_step(config: ml_collections.ConfigDict, mesh: Mesh, num_videos: int):
+  """(step, state, batch): the train step for ``mesh`` with its state and batch as abstract
+  arrays (shapes, dtypes, shardings; no data), for ahead-of-time compiles and cost analyses."""
+  replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+  state_shapes = jax.eval_shape(lambda rng: create_train_state(config, num_videos, rng),
+                                jax.random.key(config.seed))
+  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                       state_shapes)
+  batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=split)
+           for name, (shape, dtype) in batch_layout.batch_shapes(
+               config.batch_size, tuple(config.data.frame_size),
+               config.data.clip_length).items()}
+  step = make_train_step(config, mesh, make_optimizer(config, num_videos),
+                         learning_rate_schedule(config, num_videos))
+  return step, state, batch
 
 
 def replicate(tree, mesh: Mesh):
