@@ -115,16 +115,19 @@ def test_tpu_slice_flops_are_the_models(tpu_report):
       estimate['step_s'] * 4 * config.num_epochs * (NUM_VIDEOS // config.batch_size) / 3600)
 
 
-def test_find_max_batch_fits_and_one_more_does_not(tpu_report):
-  capacity_gb = 2 * tpu_report['memory_bytes']['peak'] / 1e9
-  target = plan.parse_topology(TPU_SLICE)
+def test_find_max_batch_fits_and_one_more_does_not():
+  """The search over real compiles, on cpu:4 with a made-up capacity (a TPU compile of the
+  same module takes minutes; the search's handling of compiler OOM is tested below)."""
+  target = plan.parse_topology('cpu:4')
+  first = plan.plan(small_config(), target, per_chip_batch=PER_CHIP, num_videos=NUM_VIDEOS)
+  capacity_gb = 2 * first['memory_bytes']['peak'] / 1e9
   report = plan.plan(small_config(), target, per_chip_batch=PER_CHIP, find_max_batch=True,
                      capacity_gb=capacity_gb, num_videos=NUM_VIDEOS)
   search = report['max_batch']
   best, peaks = search['per_chip_batch'], search['tried']  # per-chip batch -> compiled peak
   assert best > PER_CHIP
   assert peaks[best] <= capacity_gb * 1e9 < peaks[best + 1]
-  assert search['compiles'] == len(peaks) - 1 <= 5
+  assert search['compiles'] == len(peaks) - 1 <= 4
 
 
 def test_search_max_batch_brackets_a_step_function():
@@ -133,9 +136,14 @@ def test_search_max_batch_brackets_a_step_function():
   best, tried = plan.search_max_batch(peak_of, capacity, 2)
   assert peak_of(best) <= capacity < peak_of(best + 1)
   assert len(tried) <= 6
+  # From one compile, the line through it and the state's bytes at batch 0 points at the
+  # answer: one compile there and one above it.
+  best, tried = plan.search_max_batch(lambda b: 100.0 + 37.0 * b, capacity, 2,
+                                      known={2: 174.0}, fixed_bytes=100.0)
+  assert best == 24 and sorted(tried) == [2, 24, 25]
   # Compiler out-of-memory (None) counts as not fitting.
-  best, _ = plan.search_max_batch(lambda b: None if b > 9 else 10.0 * b, 1e9, 1)
-  assert best == 9
+  best, tried = plan.search_max_batch(lambda b: None if b > 9 else 10.0 * b, 1e9, 1)
+  assert best == 9 and len(tried) <= 20  # bisection of [1, 16384], not a walk down from it
 
 
 def test_cpu_path_compiles_the_same_module(tpu_report):

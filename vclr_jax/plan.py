@@ -406,13 +406,16 @@ def is_out_of_memory(error: Exception) -> bool:
 # --- The largest per-chip batch that fits ---------------------------------------------------
 
 def search_max_batch(peak_of: Callable[[int], float | None], capacity: float, start: int,
-                     known: dict[int, float | None] | None = None, limit: int = 1 << 14):
+                     known: dict[int, float | None] | None = None, limit: int = 1 << 14,
+                     fixed_bytes: float = 0.0):
   """The largest batch b >= 1 with peak_of(b) <= capacity, and every batch tried.
 
   peak_of(b) is a compile (None: the compiler itself ran out of memory). The peak grows
-  about linearly with the batch, so after two points the next try is the line's crossing of
-  the capacity, kept strictly inside the bracket (largest fit, smallest misfit); without
-  two points it doubles or halves. Typically 3-4 compiles.
+  about linearly with the batch, so the next try is the line's crossing of the capacity,
+  kept strictly inside the bracket (largest fit, smallest misfit). The line goes through
+  the two measured peaks nearest the capacity or, with one, through it and fixed_bytes at
+  batch 0 (the state, which does not grow with the batch); with neither it doubles or
+  halves. Typically 2-3 compiles after the first.
   """
   tried = dict(known or {})
   fits = lambda b: tried[b] is not None and tried[b] <= capacity
@@ -427,6 +430,8 @@ def search_max_batch(peak_of: Callable[[int], float | None], capacity: float, st
     if high == low + 1 or (high is None and low >= limit) or (low == 0 and high == 1):
       return low, tried
     measured = sorted((x, tried[x]) for x in tried if tried[x] is not None)
+    if len(measured) == 1 and fixed_bytes:
+      measured.append((0, fixed_bytes))
     near = sorted(measured, key=lambda point: abs(point[1] - capacity))[:2]
     guess = None
     if len(near) == 2 and near[0][0] != near[1][0]:
@@ -434,12 +439,14 @@ def search_max_batch(peak_of: Callable[[int], float | None], capacity: float, st
       slope = (p1 - p0) / (b1 - b0)
       if slope > 0:
         guess = int(b0 + (capacity - p0) / slope)
-    if guess is None:
-      guess = 2 * low if high is None else (low + high) // 2
     upper = high - 1 if high is not None else limit
-    b = min(max(guess, low + 1), upper)
-    if b in tried:  # the line keeps pointing at a tried batch: bisect the bracket instead
-      b = (low + high) // 2 if high is not None else 2 * low
+    if guess is not None and guess <= low:
+      guess = low + 1  # the line says low is the largest fit: check the one above it
+    if guess is None or guess > upper:
+      # No line, or one that points past the bracket (a compiler OOM has no peak to fit):
+      # bisect the bracket, or double towards the limit.
+      guess = (low + high) // 2 if high is not None else min(max(2 * low, 1), limit)
+    b = guess
 
 
 def batch_config(config: ml_collections.ConfigDict, num_chips: int, per_chip: int):
@@ -609,7 +616,9 @@ def plan(config: ml_collections.ConfigDict, target: Target, *, per_chip_batch: i
         raise
 
     best, tried = search_max_batch(peak_of, capacity_gb * chips.GB, compiled.per_chip_batch,
-                                   known={compiled.per_chip_batch: compiled.memory['peak']})
+                                   known={compiled.per_chip_batch: compiled.memory['peak']},
+                                   fixed_bytes=compiled.memory['argument'],
+                                   limit=num_videos // num_chips)  # one step per epoch
     search = {'per_chip_batch': best, 'tried': tried, 'compiles': len(tried) - 1,
               'seconds': time.perf_counter() - start,
               'capacity_bytes': capacity_gb * chips.GB}
