@@ -1,6 +1,7 @@
 """vclr_jax.plan: main's step compiled for a TPU slice with libtpu (no TPU here), for cpu:N, and
 its command line's errors, checked against what the step's code implies."""
 
+import json
 import math
 import os
 import subprocess
@@ -203,3 +204,28 @@ def test_device_count_error_is_mains(tmp_path):
   assert 'config.batch_size=12 must be divisible by the number of devices (8)' in planned.stderr
   assert planned.stderr.strip().splitlines() == trained.stderr.strip().splitlines()
   assert not (tmp_path / 'run').exists()
+
+
+def test_plan_table_rows_are_the_reports(tpu_report, tmp_path):
+  """scripts/plan_table.py, the README table's writer, on the slice's report as --json."""
+  report = dict(tpu_report, max_batch={'per_chip_batch': 7, 'compiles': 3})
+  path = tmp_path / 'v5e-4.json'
+  path.write_text(json.dumps(report))
+  result = subprocess.run([sys.executable, 'scripts/plan_table.py', str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  header, separator, row = result.stdout.strip().splitlines()
+  cells = [cell.strip() for cell in row.strip('|').split('|')]
+  assert len(cells) == header.count('|') - 1 == separator.count('---')
+  estimate = tpu_report['estimate']
+  hours_400 = estimate['chip_hours'] * 400 / estimate['epochs']
+  assert cells[:5] == [
+      f'{TPU_SLICE} (4 chips)', str(PER_CHIP),
+      f"{tpu_report['memory_bytes']['peak'] / 1e9:.2f} / 16 GB", '7 (3 compiles)',
+      f"{tpu_report['gflop_per_video_model']:.1f} / {tpu_report['gflop_per_video_step']:.1f}"]
+  assert cells[6:8] == [f"{estimate['videos_per_s_per_chip']:,.0f}", f'{hours_400:,.0f}']
+  broken = tmp_path / 'broken.json'
+  broken.write_text('{')
+  result = subprocess.run([sys.executable, 'scripts/plan_table.py', str(broken)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 1 and 'broken.json: not a report' in result.stderr
