@@ -41,6 +41,7 @@ from ml_collections import config_flags  # noqa: E402
 from vclr_jax import augment  # noqa: E402
 from vclr_jax import batch as batch_layout  # noqa: E402
 from vclr_jax import config_checks  # noqa: E402
+from vclr_jax import compile_targets  # noqa: E402
 from vclr_jax import train_state as ts  # noqa: E402
 from vclr_jax import train_step as tstep  # noqa: E402
 from vclr_jax.global_batches import to_global  # noqa: E402
@@ -53,8 +54,12 @@ flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s of one device; 0 looks it u
 flags.DEFINE_bool('aug_cost', False, "Print the augmentation's FLOPs and bytes per video (XLA's "
                   'cost analysis for the host CPU, nothing run) and their ratio to the floor; '
                   'on an accelerator, then run the step benchmark.')
-flags.DEFINE_integer('aug_cost_videos', 8, 'Examples in the batch the augmentation is compiled for.')
+flags.DEFINE_integer('aug_cost_videos', 8,
+                     'Examples in the batch the augmentation is compiled for.')
 flags.DEFINE_string('aug_cost_against', None, 'Another augment.py to count in the same run.')
+flags.DEFINE_string('aug_cost_topology', 'cpu:1', "What --aug_cost compiles for: cpu:1 (XLA's "
+                    'cost analysis), or one chip of a vclr_jax.plan --topology (v5e-8, h100:8: '
+                    'the bytes its top-level ops move, compiled without the device).')
 FLAGS = flags.FLAGS
 
 # Dense peak TFLOP/s per device: bfloat16, and float32 as XLA runs it by default
@@ -100,10 +105,14 @@ def time_augmentation(config, mesh, batches) -> float:
   return (time.perf_counter() - start) / FLAGS.steps
 
 
-def augmentation_cost(config, videos: int, module=augment) -> dict[str, dict[str, float]]:
-  """XLA's cost analysis per video of the step's augmentation for ``videos`` examples, compiled
-  alone for one host CPU device in the step's augmentation dtype (nothing runs), with the
-  floor: the example's uint8 frames read once and its crops written once.
+def augmentation_cost(config, videos: int, module=augment, device=None
+                      ) -> dict[str, dict[str, float]]:
+  """FLOPs and bytes per video of the step's augmentation for ``videos`` examples, compiled
+  alone for one device (a host CPU one by default; nothing runs) in the step's augmentation
+  dtype, with the floor: the example's uint8 frames read once and its crops written once.
+  Bytes: XLA's cost analysis on a CPU; for an accelerator compiled without it, what the
+  compiled module's top-level ops read and write (vclr_jax.plan's count of HBM traffic, equal
+  to the cost analysis on a CPU), as its executables report no byte count of their own.
 
   'crops': ``module.augment_frames`` as the step calls it, all seven crops in one array;
   'views': the step's ``augmented_views``, which also slices them into the query tuple, the
@@ -111,10 +120,10 @@ def augmentation_cost(config, videos: int, module=augment) -> dict[str, dict[str
   """
   augment_config = module.AugmentConfig.from_config(config.data.augment)
   dtype = accumulation_dtype(ts.COMPUTE_DTYPES[config.model.compute_dtype])
-  cpu_mesh = tstep.make_mesh(jax.devices('cpu')[:1])
+  mesh = tstep.make_mesh([device or jax.devices('cpu')[0]])
   shapes = batch_layout.batch_shapes(videos, tuple(config.data.frame_size),
                                      config.data.clip_length)
-  split = NamedSharding(cpu_mesh, P(tstep.DATA_AXIS))
+  split = NamedSharding(mesh, P(tstep.DATA_AXIS))
   batch = {name: jax.ShapeDtypeStruct(shape, dtype_, sharding=split)
            for name, (shape, dtype_) in shapes.items()}
 
@@ -138,18 +147,24 @@ def augmentation_cost(config, videos: int, module=augment) -> dict[str, dict[str
 
   results = {}
   for name, fn in (('crops', crops), ('views', views)):
-    fn = jax.jit(jax.shard_map(fn, mesh=cpu_mesh, in_specs=P(tstep.DATA_AXIS),
+    fn = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P(tstep.DATA_AXIS),
                                out_specs=P(tstep.DATA_AXIS)))
     start = time.perf_counter()
-    compiled = fn.lower(batch).compile()
+    lowered = fn.lower(batch)
+    compiled = lowered.compile()
     compile_seconds = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = compile_targets.lowered_cost(lowered)
+    if mesh.devices.flat[0].platform == 'cpu':
+      accessed = compiled.cost_analysis()
+      accessed = (accessed[0] if isinstance(accessed, (list, tuple)) else accessed)
+      accessed = accessed['bytes accessed']
+    else:
+      accessed = compile_targets.top_level_hbm_bytes(compiled.as_text())
     outputs = jax.tree.leaves(jax.eval_shape(fn, batch))
     floor = (np.prod(shapes['frames'][0]) * np.dtype(shapes['frames'][1]).itemsize
              + sum(np.prod(o.shape) * o.dtype.itemsize for o in outputs)) / videos
     results[name] = dict(flops=float(cost['flops']) / videos,
-                         bytes=float(cost['bytes accessed']) / videos, floor=float(floor),
+                         bytes=float(accessed) / videos, floor=float(floor),
                          compile_seconds=compile_seconds)
   return results
 
@@ -162,12 +177,18 @@ def print_augmentation_cost(config):
     sys.modules[spec.name] = other  # its dataclasses look their module up
     spec.loader.exec_module(other)
     versions.append((FLAGS.aug_cost_against, other))
-  print(f'augmentation compiled alone for the host CPU, {FLAGS.aug_cost_videos} examples of '
-        f'{tuple(config.data.frame_size)} frames, {config.data.image_size} px crops, '
-        f'{config.model.compute_dtype} step; XLA cost analysis per video (floor: the uint8 '
-        'frames read once, the crops written once):')
+  target = compile_targets.parse_topology(FLAGS.aug_cost_topology)
+  if target.platform != 'cpu':
+    compile_targets.compile_only()
+  device = compile_targets.target_devices(target)[0]
+  counted = ("XLA's cost analysis" if target.platform == 'cpu'
+             else "the compiled module's top-level ops")
+  print(f'augmentation compiled alone for one chip of {target.name} ({device.platform}), '
+        f'{FLAGS.aug_cost_videos} examples of {tuple(config.data.frame_size)} frames, '
+        f'{config.data.image_size} px crops, {config.model.compute_dtype} step; bytes from '
+        f'{counted}, per video (floor: the uint8 frames read once, the crops written once):')
   for name, module in versions:
-    for level, cost in augmentation_cost(config, FLAGS.aug_cost_videos, module).items():
+    for level, cost in augmentation_cost(config, FLAGS.aug_cost_videos, module, device).items():
       what = ('augment_frames, the seven crops' if level == 'crops'
               else "augmented_views, with the step's slicing into views")
       print(f'  {name}, {what}: {cost["flops"] / 1e9:.3f} GFLOP, '
@@ -197,7 +218,7 @@ def main(argv):
   config = FLAGS.config
   if FLAGS.aug_cost:
     print_augmentation_cost(config)
-    if jax.default_backend() == 'cpu':
+    if FLAGS.aug_cost_topology != 'cpu:1' or jax.default_backend() == 'cpu':
       return
   total_flops = flops_per_step(config)
   mesh = tstep.make_mesh()

@@ -73,9 +73,9 @@ def config():
 # their number of tests, which put the one-test test_multiprocess.py last. Seconds in the suite
 # (2 workers, 2026-12-05); in this order the two workers were busy 899 and 887 s. Figures with
 # a * were cut later that day: the suite's figure scaled by the file's CPU time alone after/before.
-LONGEST_FILES = ('test_plan.py',  # libtpu compiles of the tiny step and a --find_max_batch search
-                 'test_synthetic_learning.py',  # the ResNet and the tiny ViT learning runs
+LONGEST_FILES = ('test_synthetic_learning.py',  # the ResNet and the tiny ViT learning runs
                  'test_stops.py',  # every stop from the real CLI
+                 'test_plan.py',  # 137 alone: libtpu compiles of the tiny step, cpu:4 searches
                  'test_resume_device_count.py',  # three float64 CLI runs
                  'test_multiprocess.py',  # 255, two processes
                  'test_multiprocess_stops.py',  # two 2-process runs

@@ -3,6 +3,7 @@
 import collections
 import itertools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +59,10 @@ def test_crop_matches_torchvision_resized_crop_with_antialias(box, size, flip):
   # Float on both sides; MoCo's PIL path rounds to uint8 after each pass (up to 1/255 more).
   np.testing.assert_allclose(np.asarray(ours), to_numpy(expected) / 255, atol=2 / 255, rtol=0)
   assert np.abs(np.asarray(ours) - to_numpy(expected) / 255).max() < 1e-4
+  # The TPU's form (dots with the dense resampling matrices), computed here.
+  taps = augment.crop_taps(top, left, h, w, flip, image.shape[:2], size)
+  by_dots = jnp.stack(augment._resample_by_matmul(jnp.asarray(image), (), taps), axis=-1)
+  assert np.abs(np.asarray(by_dots) - to_numpy(expected) / 255).max() < 1e-4
 
 
 @pytest.mark.parametrize('name, factor', [
@@ -78,9 +83,33 @@ def test_grayscale_and_blur_match_torchvision():
                              F.rgb_to_grayscale(torch_image(image))[0].numpy(), atol=1e-6)
   for sigma in (0.3, 1.1, 2.0):
     radius = augment.blur_radius(48, RECIPE)  # 3 sigma_max at 48 px: 2 taps a side
-    ours = augment.gaussian_blur(jnp.asarray(image), augment.blur_taps(sigma, radius))
     expected = F.gaussian_blur(torch_image(image), [2 * radius + 1] * 2, [sigma, sigma])
-    np.testing.assert_allclose(np.asarray(ours), to_numpy(expected), atol=1e-5, rtol=0)
+    for blur in (augment.gaussian_blur, augment._blur_by_matmul):  # here, and a TPU's form
+      ours = blur(jnp.asarray(image), augment.blur_taps(sigma, radius))
+      np.testing.assert_allclose(np.asarray(ours), to_numpy(expected), atol=1e-5, rtol=0)
+
+
+def test_a_tpu_lowering_resamples_and_blurs_with_dots():
+  """Lowered for a TPU, no gather reads pixels: the crops' only gather takes each crop's
+  whole frame, the resampling and the blur are dots; lowered for this CPU, taps are gathered."""
+  frames = jnp.zeros((2, 3, 30, 40, 3), jnp.uint8)
+  keys = augment.example_keys(jax.random.key(0), jnp.arange(2), 4)
+  sources = jnp.asarray([[0, 1, 2, 0]] * 2, jnp.int32)
+  crops = jax.jit(lambda f, s, k: augment.augment_frames(f, s, k, 24, RECIPE))
+
+  def gathers_and_dots(platform):
+    text = crops.trace(frames, sources, keys).lower(lowering_platforms=(platform,)).as_text()
+    results = re.findall(r'stablehlo\.gather.*-> tensor<([^>]*)>', text)
+    return [shape.split('x')[:-1] for shape in results], text.count('stablehlo.dot_general')
+
+  def pixel_gathers(shapes):  # results of at least one crop's pixels
+    return [shape for shape in shapes if math.prod(int(d) for d in shape) >= 2 * 4 * 24 * 24]
+
+  tpu_gathers, tpu_dots = gathers_and_dots('tpu')
+  cpu_gathers, cpu_dots = gathers_and_dots('cpu')
+  assert pixel_gathers(tpu_gathers) == [['2', '4', '1', '30', '40', '3']]
+  assert len(pixel_gathers(cpu_gathers)) > 3 * 4  # every tap of every channel
+  assert tpu_dots > cpu_dots > 0
 
 
 def test_constant_image_without_colour_ops_is_normalised_exactly():

@@ -199,7 +199,7 @@ def crop_taps(top, left, crop_height, crop_width, flip, frame_shape, output_size
   return rows, row_weights / 255.0, columns, column_weights
 
 
-def resample(frames, index, taps):
+def _resample_by_taps(frames, index, taps):
   """The crop's three channel planes, each (S, S), gathered tap by tap from uint8 frames.
 
   ``frames[index]`` is the (H, W, 3) frame (``index`` a tuple of leading indices, () for a
@@ -221,6 +221,31 @@ def resample(frames, index, taps):
       plane = plane + row_weights[:, a, None] * row
     planes.append(plane)
   return tuple(planes)
+
+
+def resampling_matrix(pixels, weights, size: int):
+  """(S, K) source pixels and weights of S outputs -> the dense (S, size) resampling matrix."""
+  return jnp.einsum('sk,skn->sn', weights,
+                    (pixels[..., None] == jnp.arange(size)).astype(weights.dtype))
+
+
+def _resample_by_matmul(frames, index, taps):
+  """_resample_by_taps as two dots with the dense resampling matrices, columns first (the
+  wider axis): what a TPU computes well, where every gather is an op of its own."""
+  rows, row_weights, columns, column_weights = taps
+  frame = frames[index]
+  height, width = frame.shape[:2]
+  half = jnp.einsum('hwc,tw->cht', frame.astype(row_weights.dtype),
+                    resampling_matrix(columns, column_weights, width))
+  image = jnp.einsum('sh,cht->cst', resampling_matrix(rows, row_weights, height), half)
+  return tuple(image[c] for c in range(3))
+
+
+def resample(frames, index, taps):
+  """The crop's three channel planes, each (S, S), from the uint8 frame ``frames[index]``:
+  gathered taps, or dots on a TPU (chosen where the step is lowered)."""
+  return jax.lax.platform_dependent(frames, index, taps, tpu=_resample_by_matmul,
+                                    default=_resample_by_taps)
 
 
 def _planes(image):
@@ -424,8 +449,15 @@ def _reflected_sources(size: int, radius: int) -> np.ndarray:
   return np.where(sources > size - 1, 2 * (size - 1) - sources, sources)
 
 
-def gaussian_blur(image, taps):
-  """(H, W, C) blurred by the separable kernel ``taps`` with reflected borders.
+def blur_matrix(taps, size: int):
+  """The (size, size) matrix of the 1D blur ``taps`` with reflected borders."""
+  sources = _reflected_sources(size, (taps.shape[0] - 1) // 2)
+  return jnp.einsum('t,itj->ij', taps, jnp.asarray(sources[..., None] == np.arange(size),
+                                                   taps.dtype))
+
+
+def _blur_by_taps(image, taps):
+  """(H, W, C) blurred by the separable kernel ``taps`` with reflected borders, for a GPU or CPU.
 
   Columns first, as a sum of gathered taps: XLA counts a gathered operand as read once
   (shifted slices would each count as a read of the image), where a dot over the middle axis
@@ -437,10 +469,19 @@ def gaussian_blur(image, taps):
   radius = (taps.shape[0] - 1) // 2
   columns = _reflected_sources(image.shape[1], radius)
   image = sum(taps[t] * image[:, columns[:, t]] for t in range(taps.shape[0]))
-  rows = _reflected_sources(image.shape[0], radius)
-  row_matrix = jnp.einsum('t,itj->ij', taps, jnp.asarray(
-      rows[..., None] == np.arange(image.shape[0]), taps.dtype))
-  return jnp.einsum('sh,hwc->swc', row_matrix, image)
+  return jnp.einsum('sh,hwc->swc', blur_matrix(taps, image.shape[0]), image)
+
+
+def _blur_by_matmul(image, taps):
+  """_blur_by_taps with the columns as a dot too (no gathers, for a TPU)."""
+  image = jnp.einsum('hwc,vw->hvc', image, blur_matrix(taps, image.shape[1]))
+  return jnp.einsum('uh,hvc->uvc', blur_matrix(taps, image.shape[0]), image)
+
+
+def gaussian_blur(image, taps):
+  """(H, W, C) blurred by the separable kernel ``taps`` with reflected borders (torchvision's
+  ``gaussian_blur``): gathered column taps then a row dot, or two dots on a TPU."""
+  return jax.lax.platform_dependent(image, taps, tpu=_blur_by_matmul, default=_blur_by_taps)
 
 
 # ----------------------------------------------------------------------------- one crop

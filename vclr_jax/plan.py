@@ -16,71 +16,34 @@ for GPU nodes. Topologies, columns and which figures are estimates: docs/pods.md
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import json
+import time
+from typing import Callable
 
-# Deviceless compiles need no accelerator backend: the CPU client counts FLOPs, libtpu and
-# the CUDA plugin are loaded for their compilers only. Set before JAX reads its environment.
-os.environ['JAX_PLATFORMS'] = 'cpu'
-os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
-# libtpu asks the (absent) TPU VM's metadata for these and logs warnings without them; they
-# do not change the topology it compiles for.
-os.environ.setdefault('TPU_ACCELERATOR_TYPE', 'v5litepod-8')
-os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
-# libtpu takes a machine-wide lock for the chips; a compile-only process uses none.
-os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+from absl import app
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
 
-import dataclasses  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
+from vclr_jax import batch as batch_layout
+from vclr_jax import chips
+from vclr_jax import cli_errors
+from vclr_jax import compile_targets
+from vclr_jax import config_checks
+from vclr_jax import train_state as train_state_lib
+from vclr_jax import train_step as train_step_lib
+from vclr_jax.models import vit
+from vclr_jax.models.resnet import STAGE_BLOCKS
+from vclr_jax.models.vclr import has_batch_norm, vit_spec
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-import jax  # noqa: E402
-import ml_collections  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from vclr_jax import batch as batch_layout  # noqa: E402
-from vclr_jax import chips  # noqa: E402
-from vclr_jax import cli_errors  # noqa: E402
-from vclr_jax import config_checks  # noqa: E402
-from vclr_jax import train_state as train_state_lib  # noqa: E402
-from vclr_jax import train_step as train_step_lib  # noqa: E402
-from vclr_jax.models import vit  # noqa: E402
-from vclr_jax.models.resnet import STAGE_BLOCKS  # noqa: E402
-from vclr_jax.models.vclr import has_batch_norm, vit_spec  # noqa: E402
+compile_targets.compile_only()
 
 K400_TRAIN_VIDEOS = 241_190
-GPU_TARGETS = Path(__file__).parent / 'gpu_targets'
-GPU_TARGET_FILES = {'h100': 'h100_sxm.txtpb', 'h200': 'h200_sxm.txtpb'}
-GPUS_PER_NODE = 8
-CUDA_INSTALL = 'pip install -r requirements-cuda.txt  (jax[cuda12]==0.10.2, 3.2 GB of wheels)'
-TPU_INSTALL = 'pip install -r requirements.txt  (libtpu, 213 MB)'
-
-# Cloud TPU slice shapes by chip count (cloud.google.com/tpu/docs/v4, v5e, v5p, v6e).
-SHAPES_2D = {1: '1x1', 4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16',
-             256: '16x16'}
-SHAPES_3D = {4: '2x2x1', 8: '2x2x2', 16: '2x2x4', 32: '2x4x4', 64: '4x4x4', 128: '4x4x8',
-             256: '4x8x8', 512: '8x8x8', 1024: '8x8x16', 2048: '8x16x16', 4096: '16x16x16'}
-# Chip generation -> (slice shapes, TensorCores per chip counted in Cloud names, libtpu options).
-# v4 and v5p names count TensorCores (v4-32 is 16 chips); megacore makes a chip one device.
-TPU_GENERATIONS = {
-    'v4': (SHAPES_3D, 2, {'chip_config_name': 'megacore'}),
-    'v5p': (SHAPES_3D, 2, {}),
-    'v5e': (SHAPES_2D, 1, {}),
-    'v6e': (SHAPES_2D, 1, {}),
-}
-COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'collective-permute', 'all-to-all')
 # Bytes a chip sends per byte of an operand: a ring all-reduce sends ~2x (reduce-scatter, then
 # all-gather); an all-gather's operand is the chip's own part, sent on to each other chip.
 SEND_FACTOR = {'all-reduce': 2.0, 'all-gather': 1.0, 'reduce-scatter': 1.0,
                'collective-permute': 1.0, 'all-to-all': 1.0}
-DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
-               'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Pretraining config file (configs/*.py).',
@@ -96,99 +59,6 @@ flags.DEFINE_float('hbm_capacity_gb', 0.0, "Per-chip HBM in GB for the fit (0: t
 flags.DEFINE_integer('num_videos', K400_TRAIN_VIDEOS, 'Training videos per epoch (K400 train).')
 flags.DEFINE_bool('json', False, 'Print the report as JSON instead of a table.')
 flags.mark_flags_as_required(['config', 'topology'])
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-  """Where the step is compiled for."""
-  name: str  # as the user wrote it
-  platform: str  # 'tpu', 'cuda' or 'cpu'
-  chip: str | None  # a key of chips.CHIPS; None for cpu:N
-  topology: str  # libtpu's string, the CUDA 'slices x hosts x GPUs per host', or 'N'
-  num_slices: int = 1
-  options: tuple = ()  # extra keyword arguments of get_topology_desc
-
-
-def known_topologies() -> str:
-  names = []
-  for generation, (shapes, cores, _) in TPU_GENERATIONS.items():
-    names.append(', '.join(f'{generation}-{chips_ * cores}' for chips_ in shapes))
-  return ('; '.join(names) + f"; libtpu's form {{v4,v5p,v5e,v6e}}:AxB[xC] (e.g. v5e:16x16); "
-          f'{", ".join(f"{gpu}:N" for gpu in GPU_TARGET_FILES)} with N up to 8 or a multiple of '
-          f'{GPUS_PER_NODE}; cpu:N')
-
-
-def parse_topology(name: str, num_slices: int = 1) -> Target:
-  """The Target a topology name stands for; UserError listing the known names otherwise."""
-  unknown = cli_errors.UserError(
-      f'--topology={name} is not a topology this tool knows.\nKnown: {known_topologies()}.')
-  if num_slices < 1:
-    raise cli_errors.UserError(f'--num_slices={num_slices} must be 1 or more.')
-  match = re.fullmatch(r'(v4|v5p|v5e|v6e)-(\d+)', name)
-  if match:
-    generation, count = match.group(1), int(match.group(2))
-    shapes, cores, options = TPU_GENERATIONS[generation]
-    if count % cores or count // cores not in shapes:
-      raise unknown
-    return Target(name, 'tpu', generation, f'{generation}:{shapes[count // cores]}', num_slices,
-                  tuple(options.items()))
-  match = re.fullmatch(r'(v4|v5p|v5e|v6e):(\d+(?:x\d+){1,2})', name)
-  if match:
-    generation = match.group(1)
-    return Target(name, 'tpu', generation, name, num_slices,
-                  tuple(TPU_GENERATIONS[generation][2].items()))
-  if num_slices != 1:
-    raise cli_errors.UserError(f'--num_slices={num_slices} is for TPU slices, not {name}: give '
-                               'the GPU or CPU count in --topology instead.')
-  match = re.fullmatch(r'(h100|h200):(\d+)', name)
-  if match:
-    count = int(match.group(2))
-    if not (1 <= count <= GPUS_PER_NODE or count % GPUS_PER_NODE == 0):
-      raise unknown
-    hosts, per_host = (1, count) if count <= GPUS_PER_NODE else (count // GPUS_PER_NODE,
-                                                                  GPUS_PER_NODE)
-    return Target(name, 'cuda', match.group(1), f'1x{hosts}x{per_host}')
-  match = re.fullmatch(r'cpu:(\d+)', name)
-  if match and int(match.group(1)) >= 1:
-    return Target(name, 'cpu', None, match.group(1))
-  raise unknown
-
-
-def target_devices(target: Target) -> list:
-  """The abstract devices of the target (real CPU devices for cpu:N)."""
-  if target.platform == 'cpu':
-    count = int(target.topology)
-    if jax.config.jax_num_cpu_devices < count and \
-        'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-      jax.config.update('jax_num_cpu_devices', count)
-    devices = jax.devices('cpu')
-    if len(devices) < count:
-      raise cli_errors.UserError(
-          f'--topology={target.name}: this process has {len(devices)} CPU devices (XLA_FLAGS '
-          '--xla_force_host_platform_device_count); raise it or ask for fewer.')
-    return devices[:count]
-  from jax.experimental import topologies
-  if target.platform == 'tpu':
-    if importlib.util.find_spec('libtpu') is None:
-      raise cli_errors.UserError(f'--topology={target.name} compiles with libtpu, which is not '
-                                 f'installed: {TPU_INSTALL}.')
-    try:
-      return topologies.get_topology_desc(target.topology, platform='tpu',
-                                          num_slices=target.num_slices,
-                                          **dict(target.options)).devices
-    except Exception as error:  # libtpu's own refusal of a shape (INVALID_ARGUMENT)
-      raise cli_errors.UserError(
-          f'libtpu cannot make --topology={target.name}: {" ".join(str(error).split())[:300]}\n'
-          f'Known: {known_topologies()}.') from error
-  try:
-    config_text = (GPU_TARGETS / GPU_TARGET_FILES[target.chip]).read_text()
-    return topologies.get_topology_desc(platform='cuda', target_config=config_text,
-                                        topology=target.topology).devices
-  except Exception as error:  # no CUDA plugin: 'topology not implemented for cuda'
-    if importlib.util.find_spec('jax_plugins.xla_cuda12') is None:
-      raise cli_errors.UserError(f'--topology={target.name} compiles with the CUDA plugin, which '
-                                 f'is not installed: {CUDA_INSTALL}.') from error
-    raise
 
 
 def planned_config(config: ml_collections.ConfigDict, num_chips: int, per_chip_batch: int,
@@ -267,93 +137,6 @@ def model_flops_per_video(config: ml_collections.ConfigDict) -> float | None:
 
 # --- What the compiler says --------------------------------------------------------------
 
-def lowered_cost(lowered) -> dict[str, float]:
-  """XLA's cost analysis of the lowered (unoptimised) per-device module on the CPU client.
-
-  TPU and GPU executables are not asked: GPU ones report nothing and count cuDNN
-  convolutions as 0 FLOPs; the CPU client's count of the same module works for any target.
-  """
-  from jax._src.lib import _jax  # the analysis Lowered.cost_analysis runs for CPU lowerings
-  module = lowered.compiler_ir('hlo').as_hlo_module()
-  return dict(_jax.hlo_module_cost_analysis(jax.devices('cpu')[0].client, module))
-
-
-def _shape_bytes(text: str) -> list[int]:
-  """Bytes of each array shape written in ``text`` (an HLO result type), in order."""
-  shapes = re.findall(r'\b(' + '|'.join(DTYPE_BYTES) + r')\[([\d,]*)\]', text)
-  return [DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(',') if d)
-          for dtype, dims in shapes]
-
-
-def count_collectives(hlo_text: str) -> dict[str, dict[str, int]]:
-  """kind -> {'count', 'bytes'} of the collectives in an optimised HLO module's text.
-
-  One per synchronous op or async -start (its -done is the same transfer). Bytes are the
-  op's result per chip: what an all-reduce reduces (a combined all-reduce counts once, with
-  all its arrays), what a permute or all-gather delivers. Async starts return (operands,
-  results, context scalars): the results are the second half once the scalars are dropped.
-  """
-  found = {}
-  pattern = re.compile(r'^\s*(?:ROOT )?%?[\w.-]+ = (.*?) (' + '|'.join(COLLECTIVES)
-                       + r')(-start)?\(')
-  for line in hlo_text.splitlines():
-    match = pattern.match(line)
-    if not match:
-      continue
-    result, kind, is_start = match.groups()
-    sizes = _shape_bytes(result)
-    if is_start and kind != 'all-reduce':
-      sizes = [size for size, shape in zip(sizes, re.findall(r'\w+\[[\d,]*\]', result))
-               if not re.fullmatch(r'[us]32\[\]', shape)]
-      sizes = sizes[len(sizes) // 2:]
-    entry = found.setdefault(kind, {'count': 0, 'bytes': 0})
-    entry['count'] += 1
-    entry['bytes'] += sum(sizes)
-  return found
-
-
-# Top-level HLO ops that move no HBM data of their own (names, views, markers).
-NO_TRAFFIC_OPS = ('parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast',
-                  'after-all', 'partition-id', 'replica-id', 'opt-barrier')
-
-
-def _operand_text(text: str) -> str:
-  """``text`` (what follows an op's opening parenthesis) up to its closing one."""
-  depth = 1
-  for index, char in enumerate(text):
-    depth += {'(': 1, ')': -1}.get(char, 0)
-    if depth == 0:
-      return text[:index]
-  return text
-
-
-def top_level_hbm_bytes(hlo_text: str) -> float:
-  """Bytes the entry computation's ops read and write in an optimised module: every
-  top-level op (a fusion, a library call such as a cuDNN convolution, a copy, a collective)
-  reads its operands from HBM and writes its result there; fused intermediates stay on chip.
-  """
-  sizes, entry, in_entry = {}, [], False
-  instruction = re.compile(r'\s*(?:ROOT )?(%?[\w.-]+) = (.*?) ([\w-]+)\((.*)$')
-  for line in hlo_text.splitlines():
-    if line.startswith('ENTRY'):
-      in_entry = True
-      continue
-    if in_entry and line.startswith('}'):
-      in_entry = False
-    match = instruction.match(line)
-    if not match:
-      continue
-    name, result, op, rest = match.groups()
-    sizes[name] = sum(_shape_bytes(result))
-    if in_entry and op not in NO_TRAFFIC_OPS and not op.endswith('-done'):
-      entry.append((name, rest))
-  total = 0
-  for name, rest in entry:
-    operands = re.findall(r'%?[\w.-]+', _operand_text(rest))
-    total += sizes[name] + sum(sizes.get(operand, 0) for operand in operands)
-  return float(total)
-
-
 @dataclasses.dataclass
 class Compiled:
   per_chip_batch: int
@@ -385,17 +168,18 @@ def compile_step(config: ml_collections.ConfigDict, devices, num_videos: int) ->
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
   done = time.perf_counter()
-  cost = lowered_cost(lowered)
+  cost = compile_targets.lowered_cost(lowered)
   # The HBM traffic of the compiled module's top-level ops, the same way for every target:
   # GPU executables report no cost analysis, and the TPU one's 'bytes accessed' counts
   # on-chip traffic too (18x the top-level bytes for the tests' tiny step).
   hlo_text = compiled.as_text()
-  hbm_bytes, source = top_level_hbm_bytes(hlo_text), "compiled module's top-level ops"
+  hbm_bytes = compile_targets.top_level_hbm_bytes(hlo_text)
+  source = "compiled module's top-level ops"
   return Compiled(
       per_chip_batch=config.batch_size // mesh.size,
       memory=memory_figures(compiled.memory_analysis()), flops=float(cost['flops']),
       hbm_bytes=float(hbm_bytes), hbm_bytes_source=source,
-      collectives=count_collectives(hlo_text),
+      collectives=compile_targets.count_collectives(hlo_text),
       lower_seconds=lowered_at - start, compile_seconds=done - lowered_at)
 
 
@@ -482,8 +266,9 @@ def roofline(compiled: Compiled, chip: chips.Chip, compute_dtype: str, num_slice
           'step_s': max(compute, memory) + network}
 
 
-def build_report(config, target: Target, num_hosts: int, num_chips: int, compiled: Compiled,
-                 num_videos: int, capacity_gb: float | None, search=None) -> dict:
+def build_report(config, target: compile_targets.Target, num_hosts: int, num_chips: int,
+                 compiled: Compiled, num_videos: int, capacity_gb: float | None,
+                 search=None) -> dict:
   chip = chips.CHIPS.get(target.chip)
   per_chip = compiled.per_chip_batch
   model = model_flops_per_video(config)
@@ -581,11 +366,11 @@ def format_report(report: dict) -> str:
   return '\n'.join(lines)
 
 
-def plan(config: ml_collections.ConfigDict, target: Target, *, per_chip_batch: int = 0,
-         find_max_batch: bool = False, capacity_gb: float = 0.0,
+def plan(config: ml_collections.ConfigDict, target: compile_targets.Target, *,
+         per_chip_batch: int = 0, find_max_batch: bool = False, capacity_gb: float = 0.0,
          num_videos: int = K400_TRAIN_VIDEOS) -> dict:
   """Compiles main's step for ``target`` and returns the report (a JSON-able dict)."""
-  devices = target_devices(target)
+  devices = compile_targets.target_devices(target)
   num_chips = len(devices)
   num_hosts = len({device.process_index for device in devices})
   config = planned_config(config, num_chips, per_chip_batch, num_videos)
@@ -629,7 +414,7 @@ def plan(config: ml_collections.ConfigDict, target: Target, *, per_chip_batch: i
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  target = parse_topology(FLAGS.topology, FLAGS.num_slices)
+  target = compile_targets.parse_topology(FLAGS.topology, FLAGS.num_slices)
   report = plan(FLAGS.config, target, per_chip_batch=FLAGS.per_chip_batch,
                 find_max_batch=FLAGS.find_max_batch, capacity_gb=FLAGS.hbm_capacity_gb,
                 num_videos=FLAGS.num_videos)
