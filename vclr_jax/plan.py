@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from typing import Callable
 
@@ -393,12 +394,18 @@ def plan(config: ml_collections.ConfigDict, target: compile_targets.Target, *,
       candidate = batch_config(config, num_chips, per_chip)
       config_checks.validate_config(candidate, num_chips, num_hosts)
       train_step_lib.resolve_shuffle_bn(candidate, num_chips)
+      started = time.perf_counter()
       try:
-        return compile_step(candidate, devices, num_videos).memory['peak']
+        peak = compile_step(candidate, devices, num_videos).memory['peak']
       except Exception as error:  # a TPU compile that does not fit the chip's HBM
-        if is_out_of_memory(error):
-          return None
-        raise
+        if not is_out_of_memory(error):
+          raise
+        peak = None
+      # Each compile of a large step takes minutes: say how the search goes.
+      print(f'--find_max_batch: {per_chip} per chip: '
+            + ('the compiler ran out of memory' if peak is None else f'peak {_gb(peak)}')
+            + f' ({time.perf_counter() - started:.0f} s)', file=sys.stderr, flush=True)
+      return peak
 
     best, tried = search_max_batch(peak_of, capacity_gb * chips.GB, compiled.per_chip_batch,
                                    known={compiled.per_chip_batch: compiled.memory['peak']},
