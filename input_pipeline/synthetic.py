@@ -34,6 +34,11 @@ Everything follows from the seed.
 
 Other variants (``--variant``) draw the same phases, timing and size for a video of the same
 name:
+- ``wide_stage``: ``scenes`` with the action large: the stage covers 55-75% of the frame, a
+  plain floor in the wallpaper's ground colour, and the phases are squeezed onto it (drawn in
+  the stage's own coordinates), so every frame shows its phase whole (the scenes videos' small
+  stage shows a part of a pattern drawn over the whole frame, often nothing of a ball); the
+  scene is the class's home more often (WIDE_HOME_SHARE).
 - ``actions``: the 3D demo's videos: the phases cover the frame over a
   smooth background that blends three colours of one luma, and the grains take the scenery's
   colour. Only the colours hold a video together, so the contrastive terms need many more steps.
@@ -71,9 +76,9 @@ RESOLUTIONS = ((128, 96), (160, 120), (112, 112), (144, 108), (96, 128))
 FRAME_RATES = (12, 15, 24)
 DURATION_RANGE_S = (0.6, 2.5)
 # What the videos show: 'actions' (the 3D demo's), 'staged' (a wallpaper identity, the phases
-# on a stage), 'stills' (every frame the middle frame of the actions video) and 'scenes' (the
-# demo's): docs/data.md, section 5.
-VARIANTS = ('actions', 'staged', 'stills', 'scenes')
+# on a stage), 'stills' (every frame the middle frame of the actions video), 'scenes' and
+# 'wide_stage' (scenes with the action on most of the frame): docs/data.md, section 5.
+VARIANTS = ('actions', 'staged', 'stills', 'scenes', 'wide_stage')
 GENERATOR_FILE = 'generator.json'
 DEFAULT_TEST_FRACTION = 0.25
 # The actions' background: a grid of colours drawn from the video's palette, smoothly
@@ -96,11 +101,15 @@ WALLPAPER_LUMA_SPREAD = 25.0
 # scene stays while its action changes.
 STAGE_AREA = (0.35, 0.5)
 SCENES_STAGE_AREA = (0.2, 0.3)
+# The wide_stage variant's stage: most of the frame, and its phases drawn in the stage's own
+# coordinates (squeezed onto it), so every crop of some size shows the action whole.
+WIDE_STAGE_AREA = (0.55, 0.75)
 # In the scenes variant a video's wallpaper is its class's *home* this often, else any: the home
 # is a shape and a ground hue (MAX_CLASSES hues around the colour circle), so a frame's scenery
 # hints at the class, as a pool hints at swimming. An at-home ground's hue is within HUE_JITTER
 # (rad) of the home's; the wallpaper's other colour is any.
 HOME_SHARE = 0.5
+WIDE_HOME_SHARE = 0.8
 HUE_JITTER = 0.2
 # The phases' colour and the scenery's differ from every background luma at least this much.
 MIN_LUMA_CONTRAST = 60.0
@@ -222,30 +231,34 @@ def _colour_of_luma_and_hue(rng: np.random.Generator, luma: float, hue: float) -
   return (luma + rng.uniform(0.5, 1.0) * room.min() * step).astype(np.float32)
 
 
-def _scene_style(rng: np.random.Generator, home: int) -> tuple[int, float]:
+def _scene_style(rng: np.random.Generator, home: int, home_share: float = HOME_SHARE
+                 ) -> tuple[int, float]:
   """(wallpaper shape, hue) of a scenes video of class ``home`` (its index among all
-  MAX_CLASSES pairs): the class's home with probability HOME_SHARE, else any."""
-  if rng.uniform() < HOME_SHARE:
+  MAX_CLASSES pairs): the class's home with probability ``home_share``, else any."""
+  if rng.uniform() < home_share:
     return (home % len(WALLPAPER_SHAPES),
             2 * np.pi * home / MAX_CLASSES + rng.uniform(-HUE_JITTER, HUE_JITTER))
   return int(rng.integers(len(WALLPAPER_SHAPES))), rng.uniform(0, 2 * np.pi)
 
 
 def _video_colours(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, wallpaper: bool,
-                   home: int | None = None, brightest: float = 255.0
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """The video's colours: a background (H, W, 3); the phases' colour; and the colour of the
-  scenery and the grains. The background is a smooth field of the video's palette (a few
+                   home: int | None = None, home_share: float = HOME_SHARE,
+                   brightest: float = 255.0
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """The video's colours: a background (H, W, 3); its plainest colour, the *ground* (3,) (the
+  wallpaper's ground, or the palette's first colour); the phases' colour; and the colour of
+  the scenery and the grains. The background is a smooth field of the video's palette (a few
   colours of about the same mid luma) or, with ``wallpaper``, the video's wallpaper in two
   colours WALLPAPER_LUMA_SPREAD on either side of the mid luma. The phases' and the scenery's
   colours lie at opposite ends of the luma range, each at least MIN_LUMA_CONTRAST away from
   every background colour, so the layers stay apart in grayscale too (MoCo v2's augmentation
   turns 20% of the crops grey). With a class ``home`` (scenes variant, see _scene_style), the
-  wallpaper's shape and its ground's hue are the class's home half the time."""
+  wallpaper's shape and its ground's hue are the class's home with probability
+  ``home_share``."""
   mid = rng.uniform(100, 155)
   if wallpaper:
     spread = WALLPAPER_LUMA_SPREAD
-    shape, hue = (None, None) if home is None else _scene_style(rng, home)
+    shape, hue = (None, None) if home is None else _scene_style(rng, home, home_share)
     ground_luma, figure_luma = mid + spread * rng.permutation([-1.0, 1.0])
     ground = (_colour_of_luma(rng, ground_luma) if hue is None else
               _colour_of_luma_and_hue(rng, ground_luma, hue))
@@ -258,10 +271,12 @@ def _video_colours(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, wal
                         for _ in range(BACKGROUND_PALETTE)])
     coarse = palette[rng.integers(0, BACKGROUND_PALETTE, BACKGROUND_GRID)]
     background = _upsample(coarse, *yy.shape)
+    ground = palette[0]
   lowest_bright = min(mid + spread + MIN_LUMA_CONTRAST, brightest)
   bright = _colour_of_luma(rng, rng.uniform(lowest_bright, brightest))
   dark = _colour_of_luma(rng, rng.uniform(0, mid - spread - MIN_LUMA_CONTRAST))
-  return (background, bright, dark) if rng.integers(2) else (background, dark, bright)
+  return ((background, ground, bright, dark) if rng.integers(2) else
+          (background, ground, dark, bright))
 
 
 def _make_wallpaper(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray,
@@ -378,17 +393,25 @@ def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str
   # Each phase gets between 35% and 65% of the video.
   bounds = np.array([0.0, rng.uniform(0.35, 0.65), 1.0])
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-  scenes = variant == 'scenes'
+  wide = variant == 'wide_stage'
+  scenes = wide or variant == 'scenes'  # homes and snow
   staged = scenes or variant == 'staged'
   # A class is an unordered pair: its index among all pairs, whichever order they come in.
   home = (class_names(MAX_CLASSES).index('-'.join(sorted(phases, key=PHASES.index)))
           if scenes else None)
-  background, colour, marks_colour = _video_colours(
+  background, ground, colour, marks_colour = _video_colours(
       rng, yy, xx, wallpaper=staged, home=home,
+      home_share=WIDE_HOME_SHARE if wide else HOME_SHARE,
       brightest=SNOW_LUMA - MIN_LUMA_CONTRAST / 2 if scenes else 255.0)
+  phase_yy, phase_xx = yy, xx
   if staged:
-    stage = _make_stage(rng, yy, xx, SCENES_STAGE_AREA if scenes else STAGE_AREA)
+    stage = _make_stage(rng, yy, xx, WIDE_STAGE_AREA if wide else
+                        SCENES_STAGE_AREA if scenes else STAGE_AREA)
     scene = _make_scene(rng, yy, xx) & ~stage
+    if wide:  # the phases squeezed onto the stage
+      rows, columns = np.flatnonzero(stage.any(axis=1)), np.flatnonzero(stage.any(axis=0))
+      phase_yy = (yy - rows[0]) * (height / rows.size)
+      phase_xx = (xx - columns[0]) * (width / columns.size)
   else:
     scene = _make_scene(rng, yy, xx)
   grains_join = _make_grains(rng, yy, xx)
@@ -402,8 +425,9 @@ def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str
     canvas = background + wobble[0]
     canvas[scene] = marks_colour + wobble[1]
     if staged:
-      played = canvas.copy()
-      drawers[phase](played, progress, yy, xx, colour + wobble[2])
+      # The wide stage is a plain floor in the ground's colour: the action stands out whole.
+      played = np.broadcast_to(ground + wobble[0], canvas.shape).copy() if wide else canvas.copy()
+      drawers[phase](played, progress, phase_yy, phase_xx, colour + wobble[2])
       canvas[stage] = played[stage]
     else:
       drawers[phase](canvas, progress, yy, xx, colour + wobble[2])

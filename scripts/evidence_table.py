@@ -23,6 +23,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run as a script from anywhere
+from input_pipeline import synthetic  # pylint: disable=wrong-import-position  # noqa: E402
 from vclr_jax import plots  # pylint: disable=wrong-import-position  # noqa: E402
 
 # name -> config.loss.weights overrides
@@ -164,6 +165,8 @@ def main():
   parser.add_argument('--out', default='runs/evidence', help='folder for the runs and logs')
   parser.add_argument('--data', default='data', help='where the synthetic dataset lives')
   parser.add_argument('--doc', default='docs/evidence.md', help='the tables are written here')
+  parser.add_argument('--curves', default=CURVES,
+                      help="the full runs' training curves are drawn here (beside --doc)")
   parser.add_argument('--full_only', action='store_true',
                       help='only full VCLR and random init (no ablation, no supervised rows)')
   args = parser.parse_args()
@@ -176,6 +179,7 @@ def main():
   if not os.path.isdir(records_dir):
     raise SystemExit(f'{records_dir} not found: run bash scripts/demo.sh once (it prepares the '
                      'synthetic dataset), or pass --data.')
+  dataset = describe_dataset(os.path.join(args.data, 'synthetic'))
   start = time.time()
   per_seed, full_runs = {}, {}
   for seed in seeds:
@@ -192,17 +196,32 @@ def main():
   accuracies = format_accuracies(
       {seed: final_training_accuracies(workdir) for seed, workdir in full_runs.items()})
   plots.plot_runs({f'seed {seed}': workdir for seed, workdir in full_runs.items()},
-                  os.path.join(REPO, CURVES))
+                  os.path.join(REPO, args.curves))
   flags = ' --full_only' if args.full_only else ''.join(
       f' --{name}={value}' for name, value in (('ablation_seeds', args.ablation_seeds),
                                                ('supervised_seeds', args.supervised_seeds))
       if value is not None)
   minutes = (time.time() - start) / 60
   write_generated_part(os.path.join(REPO, args.doc), EVIDENCE_TEMPLATE.format(
-      table=table, accuracies=accuracies, seeds=args.seeds, minutes=minutes,
-      curves_name=os.path.basename(CURVES),
+      table=table, accuracies=accuracies, seeds=args.seeds, minutes=minutes, dataset=dataset,
+      curves_name=os.path.relpath(os.path.join(REPO, args.curves),
+                                  os.path.dirname(os.path.join(REPO, args.doc))),
       command=f'python scripts/evidence_table.py --seeds={args.seeds}{flags}'))
   print(table, accuracies, sep='\n\n')
+
+
+def describe_dataset(videos_dir):
+  """'the VARIANT videos: C classes, N training and M test videos' of the generated dataset."""
+  settings = synthetic.generated_settings(videos_dir)
+  if settings is None:
+    raise SystemExit(f'{videos_dir} holds no finished synthetic dataset (no '
+                     f'{synthetic.GENERATOR_FILE}): run bash scripts/demo.sh once, or pass --data.')
+  counts = {}
+  for split in ('train', 'test'):
+    with open(os.path.join(videos_dir, f'{split}.txt')) as f:
+      counts[split] = sum(1 for line in f if line.strip())
+  return (f'the {settings["variant"]} videos: {settings["num_classes"]} classes, '
+          f'{counts["train"]} training and {counts["test"]} test videos')
 
 
 def write_generated_part(doc_path, generated):
@@ -226,7 +245,7 @@ GENERATED_END = '<!-- written by scripts/evidence_table.py: end -->'
 EVIDENCE_TEMPLATE = """Regenerate (about {minutes:.0f} minutes on 2 CPU cores): `{command}`
 
 Every encoder is the demo's network (configs/demo.py: quarter-width ResNet-18, 96 px) on the
-embedded synthetic dataset (the scenes videos: 12 classes, 288 training and 96 test videos;
+embedded synthetic dataset ({dataset};
 [data.md](data.md#5-synthetic-dataset-python--m-input_pipelinesynthetic)), evaluated with
 configs/eval_synthetic.py: features averaged over 8 frames, linear SVM (LinearSVC, C=1, no
 bias) trained on the training split and tested on the test split, retrieval R@1 of test

@@ -157,9 +157,10 @@ def test_variants_share_the_actions_videos_draws():
     staged, staged_fps, staged_playing = render('staged')
     assert staged.shape == actions.shape and staged_fps == fps
     np.testing.assert_array_equal(staged_playing, playing)
-    scenes, scenes_fps, scenes_playing = render('scenes')
-    assert scenes.shape == actions.shape and scenes_fps == fps
-    np.testing.assert_array_equal(scenes_playing, playing)
+    for variant in ('scenes', 'wide_stage'):
+      scenes, scenes_fps, scenes_playing = render(variant)
+      assert scenes.shape == actions.shape and scenes_fps == fps
+      np.testing.assert_array_equal(scenes_playing, playing)
     stills, stills_fps, stills_playing = render('stills')
     middle = len(actions) // 2
     assert stills_fps == fps and stills.shape == actions.shape
@@ -183,7 +184,8 @@ def test_staged_frames_of_the_first_and_last_segment_share_most_pixels():
   assert np.mean(changed['staged']) < np.mean(changed['actions']) - 0.1, changed
 
 
-@pytest.mark.parametrize('area_share', [synthetic.STAGE_AREA, synthetic.SCENES_STAGE_AREA])
+@pytest.mark.parametrize('area_share', [synthetic.STAGE_AREA, synthetic.SCENES_STAGE_AREA,
+                                        synthetic.WIDE_STAGE_AREA])
 def test_the_stage_is_a_rectangle_of_its_share_of_the_frame(area_share):
   yy, xx = np.mgrid[0:96, 0:128].astype(np.float32)
   places = set()
@@ -232,43 +234,46 @@ def test_a_colour_of_luma_and_hue_has_them():
       assert np.ptp(colour) > 5  # a colour, not a grey
 
 
-def test_a_scene_is_its_class_home_about_half_the_time():
+@pytest.mark.parametrize('home_share', [synthetic.HOME_SHARE, synthetic.WIDE_HOME_SHARE])
+def test_a_scene_is_its_class_home_at_its_share(home_share):
   draws, count = 6000, len(synthetic.WALLPAPER_SHAPES)
   rng = np.random.default_rng(7)
   for home in (2, 11):
-    styles = [synthetic._scene_style(rng, home) for _ in range(draws)]
+    styles = [synthetic._scene_style(rng, home, home_share) for _ in range(draws)]
     shapes = np.array([shape for shape, _ in styles])
     offsets = np.array([(hue - 2 * np.pi * home / synthetic.MAX_CLASSES + np.pi) % (2 * np.pi)
                         - np.pi for _, hue in styles])
     at_home_hue = np.abs(offsets) <= synthetic.HUE_JITTER
-    away = 1 - synthetic.HOME_SHARE
+    away = 1 - home_share
     expected = np.full(count, away / count)
-    expected[home % count] += synthetic.HOME_SHARE
+    expected[home % count] += home_share
     np.testing.assert_allclose(np.bincount(shapes, minlength=count) / draws, expected,
                                atol=0.015)
     # An away video's hue lands in the home band by chance: 2 HUE_JITTER of the circle.
     np.testing.assert_allclose(
-        at_home_hue.mean(), synthetic.HOME_SHARE + away * synthetic.HUE_JITTER / np.pi,
+        at_home_hue.mean(), home_share + away * synthetic.HUE_JITTER / np.pi,
         atol=0.015)
     # Shape and hue go home together.
     assert (shapes[at_home_hue] == home % count).mean() > 0.9  # 0.95: away ones add 5%
 
 
-def test_every_class_of_the_scenes_variant_has_its_own_home(monkeypatch):
+@pytest.mark.parametrize('variant, home_share', [('scenes', synthetic.HOME_SHARE),
+                                                 ('wide_stage', synthetic.WIDE_HOME_SHARE)])
+def test_every_class_of_the_scenes_variants_has_its_own_home(monkeypatch, variant, home_share):
   homes = {}
   draw_style = synthetic._scene_style
 
-  def recording(rng, home):
-    homes[current] = home
-    return draw_style(rng, home)
+  def recording(rng, home, share):
+    homes[current] = home, share
+    return draw_style(rng, home, share)
   monkeypatch.setattr(synthetic, '_scene_style', recording)
   names = synthetic.class_names(synthetic.MAX_CLASSES)
   for current in names:
-    synthetic.render_video(tuple(current.split('-')), np.random.default_rng(0), 'scenes')
-  assert [homes[name] for name in names] == list(range(len(names)))
+    synthetic.render_video(tuple(current.split('-')), np.random.default_rng(0), variant)
+  assert [homes[name] for name in names] == [(home, home_share) for home in range(len(names))]
   # A class is an unordered pair: the phases in the other order stand in the same home.
   current = 'reversed'
-  synthetic.render_video(('rings', 'ball'), np.random.default_rng(0), 'scenes')
+  synthetic.render_video(('rings', 'ball'), np.random.default_rng(0), variant)
   assert homes['reversed'] == homes['ball-rings']
   homes.clear()
   for variant in ('actions', 'staged', 'stills'):
@@ -294,11 +299,12 @@ def test_scenes_videos_of_a_class_stand_in_its_home_hue_more_often():
   assert share_near(0, 0) > share_near(0, 6) + 0.25, (share_near(0, 0), share_near(0, 6))
 
 
-def test_scenes_snow_is_white_grows_and_is_the_only_white():
+@pytest.mark.parametrize('variant', ['scenes', 'wide_stage'])
+def test_scenes_snow_is_white_grows_and_is_the_only_white(variant):
   shares = []
   for video in range(6):
     frames, _, _ = synthetic.render_video(('bars', 'rings'), np.random.default_rng([4, video]),
-                                          'scenes')
+                                          variant)
     # White: every channel at 250 or more. No other layer comes near: the bright colours
     # stop SNOW_LUMA - MIN_LUMA_CONTRAST / 2 short of it, a frame's wobble moves them a little.
     white = (frames.min(axis=-1) >= 250).mean(axis=(1, 2))
@@ -313,6 +319,33 @@ def test_scenes_snow_is_white_grows_and_is_the_only_white():
   actions, _, _ = synthetic.render_video(('bars', 'rings'), np.random.default_rng([4, 0]),
                                          'actions')
   assert (actions[-1].min(axis=-1) >= 250).mean() < min(shares) / 2
+
+
+def test_the_wide_stage_shows_the_action_larger_and_in_every_frame(monkeypatch):
+  # The scenes videos draw their phases in the frame's coordinates and show them only on a
+  # stage of 20-30% of the frame, so a ball elsewhere leaves frames without any action; the
+  # wide stage covers most of the frame and its phases are squeezed onto it whole. Measured by
+  # the pixels of the phases' colour (at least MIN_LUMA_CONTRAST from every other layer).
+  colours = {}
+  draw_colours = synthetic._video_colours
+
+  def recording(*args, **kwargs):
+    drawn = draw_colours(*args, **kwargs)
+    colours['phases'] = drawn[2]
+    return drawn
+  monkeypatch.setattr(synthetic, '_video_colours', recording)
+  shares = {}
+  for variant in ('scenes', 'wide_stage'):
+    per_frame = []
+    for video in range(8):
+      for phases in (('ball', 'rain'), ('stripes', 'checker'), ('bars', 'rings')):
+        frames, _, _ = synthetic.render_video(phases, np.random.default_rng([6, video]), variant)
+        distance = np.linalg.norm(frames.astype(np.float32) - colours['phases'], axis=-1)
+        per_frame.append((distance < 40).mean(axis=(1, 2)))
+    shares[variant] = np.concatenate(per_frame)
+  assert shares['wide_stage'].mean() > 2 * shares['scenes'].mean(), shares
+  assert shares['wide_stage'].min() > 0.02  # every frame shows some of the action
+  assert (shares['scenes'] < 0.02).mean() > 0.05  # not so on the small stage
 
 
 def test_generator_settings_are_written_last_and_checked_by_prepare(tmp_path):
