@@ -40,6 +40,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from vclr_jax import augment  # noqa: E402
 from vclr_jax import batch as batch_layout  # noqa: E402
+from vclr_jax import chips  # noqa: E402
 from vclr_jax import config_checks  # noqa: E402
 from vclr_jax import compile_targets  # noqa: E402
 from vclr_jax import train_state as ts  # noqa: E402
@@ -62,27 +63,11 @@ flags.DEFINE_string('aug_cost_topology', 'cpu:1', "What --aug_cost compiles for:
                     'the bytes its top-level ops move, compiled without the device).')
 FLAGS = flags.FLAGS
 
-# Dense peak TFLOP/s per device: bfloat16, and float32 as XLA runs it by default
-# (TF32 tensor cores on NVIDIA, bf16 passes on TPU).
-PEAK_TFLOPS = {
-    'H200': {'bfloat16': 989.0, 'float32': 494.7},
-    'H100': {'bfloat16': 989.0, 'float32': 494.7},
-    'A100': {'bfloat16': 312.0, 'float32': 156.0},
-    'TPU v4': {'bfloat16': 275.0, 'float32': 275.0},
-    'TPU v5 lite': {'bfloat16': 197.0, 'float32': 197.0},
-    'TPU v5p': {'bfloat16': 459.0, 'float32': 459.0},
-    'TPU v6 lite': {'bfloat16': 918.0, 'float32': 918.0},
-}
-
-
 def device_peak_tflops(dtype: str) -> float | None:
   if FLAGS.peak_tflops:
     return FLAGS.peak_tflops
-  kind = jax.devices()[0].device_kind
-  for name, peaks in PEAK_TFLOPS.items():
-    if name.lower() in kind.lower():
-      return peaks[dtype]
-  return None
+  chip = chips.chip_of_device_kind(jax.devices()[0].device_kind)
+  return chip.peak_tflops.get(dtype) if chip else None
 
 
 def time_augmentation(config, mesh, batches) -> float:
@@ -90,8 +75,10 @@ def time_augmentation(config, mesh, batches) -> float:
   augment_config = augment.AugmentConfig.from_config(config.data.augment)
 
   def on_device(batch):
+    compute_dtype = ts.COMPUTE_DTYPES[config.model.compute_dtype]
     views = tstep.augmented_views(batch, jax.random.key(0), config.data.image_size,
-                                  augment_config, jnp.float32)
+                                  augment_config, accumulation_dtype(compute_dtype),
+                                  compute_dtype)
     # Reduced so that the timed work is the crops, not copying them out.
     return sum(jnp.sum(views[name]) for name in ('query_frames', 'key_frames', 'x1'))[None]
 
@@ -119,7 +106,8 @@ def augmentation_cost(config, videos: int, module=augment, device=None
   key tuple and x1 (copies, counted too).
   """
   augment_config = module.AugmentConfig.from_config(config.data.augment)
-  dtype = accumulation_dtype(ts.COMPUTE_DTYPES[config.model.compute_dtype])
+  compute_dtype = ts.COMPUTE_DTYPES[config.model.compute_dtype]
+  dtype = accumulation_dtype(compute_dtype)
   mesh = tstep.make_mesh([device or jax.devices('cpu')[0]])
   shapes = batch_layout.batch_shapes(videos, tuple(config.data.frame_size),
                                      config.data.clip_length)
@@ -134,13 +122,13 @@ def augmentation_cost(config, videos: int, module=augment, device=None
                                                 (videos, batch_layout.NUM_FRAMES)),
                                batch['anchor'][:, None]], axis=1).astype(jnp.int32)
     return module.augment_frames(batch['frames'], sources, keys, config.data.image_size,
-                                 augment_config, dtype)
+                                 augment_config, dtype).astype(compute_dtype)
 
   def views(batch):
     tstep.augment = module  # augmented_views calls the module under test
     try:
       out = tstep.augmented_views(batch, jax.random.key(0), config.data.image_size,
-                                  augment_config, dtype)
+                                  augment_config, dtype, compute_dtype)
     finally:
       tstep.augment = augment
     return out['query_frames'], out['key_frames'], out['x1']
@@ -161,10 +149,12 @@ def augmentation_cost(config, videos: int, module=augment, device=None
     else:
       accessed = compile_targets.top_level_hbm_bytes(compiled.as_text())
     outputs = jax.tree.leaves(jax.eval_shape(fn, batch))
-    floor = (np.prod(shapes['frames'][0]) * np.dtype(shapes['frames'][1]).itemsize
-             + sum(np.prod(o.shape) * o.dtype.itemsize for o in outputs)) / videos
+    frames = np.prod(shapes['frames'][0]) * np.dtype(shapes['frames'][1]).itemsize
+    floor = (frames + sum(np.prod(o.shape) * o.dtype.itemsize for o in outputs)) / videos
+    float32_floor = (frames + sum(np.prod(o.shape) * 4 for o in outputs)) / videos
     results[name] = dict(flops=float(cost['flops']) / videos,
                          bytes=float(accessed) / videos, floor=float(floor),
+                         float32_floor=float(float32_floor),
                          compile_seconds=compile_seconds)
   return results
 
@@ -191,9 +181,13 @@ def print_augmentation_cost(config):
     for level, cost in augmentation_cost(config, FLAGS.aug_cost_videos, module, device).items():
       what = ('augment_frames, the seven crops' if level == 'crops'
               else "augmented_views, with the step's slicing into views")
+      against_float32 = ('' if cost['floor'] == cost['float32_floor'] else
+                         f', {cost["bytes"] / cost["float32_floor"]:.1f}x the '
+                         f'{cost["float32_floor"] / 1e6:.2f} MB of float32 crops')
       print(f'  {name}, {what}: {cost["flops"] / 1e9:.3f} GFLOP, '
             f'{cost["bytes"] / 1e6:.1f} MB accessed, {cost["bytes"] / cost["floor"]:.1f}x the '
-            f'floor of {cost["floor"] / 1e6:.2f} MB (compiled in {cost["compile_seconds"]:.1f} s)')
+            f'floor of {cost["floor"] / 1e6:.2f} MB{against_float32} '
+            f'(compiled in {cost["compile_seconds"]:.1f} s)')
 
 
 def flops_per_step(config) -> float:

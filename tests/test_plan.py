@@ -13,6 +13,7 @@ import pytest
 
 from conftest import tiny_config
 from vclr_jax import augment
+from vclr_jax import chips
 from vclr_jax import compile_targets
 from vclr_jax import plan
 from vclr_jax import train_state as train_state_lib
@@ -250,3 +251,14 @@ def test_plan_table_rows_are_the_reports(tpu_report, tmp_path):
   result = subprocess.run([sys.executable, 'scripts/plan_table.py', str(broken)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 1 and 'broken.json: not a report' in result.stderr
+
+
+@pytest.mark.parametrize('device_kind, chip', [
+    ('TPU v4', 'v4'), ('TPU v5 lite', 'v5e'), ('TPU v5', 'v5p'), ('TPU v6 lite', 'v6e'),
+    ('NVIDIA H100 80GB HBM3', 'h100'), ('NVIDIA H200', 'h200'), ('NVIDIA A100-SXM4-80GB', 'a100'),
+    ('cpu', None)])
+def test_device_kinds_name_their_chips(device_kind, chip):
+  """What jax.Device.device_kind says on each chip finds its row of the one chip table (the
+  step benchmark's MFU reads the peak from there)."""
+  found = chips.chip_of_device_kind(device_kind)
+  assert found is (chips.CHIPS[chip] if chip else None)

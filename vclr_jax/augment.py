@@ -22,6 +22,9 @@ prints XLA's count of FLOPs and bytes).
   its resampling filter (``resize_taps``: K taps per axis, K from the largest box), read
   straight from the uint8 frame, the chosen frame indexed inside the gather. Dense
   interpolation matmuls would first copy the frame to float and write a half-resampled image.
+  On a TPU, where each gather becomes an op of its own that writes its whole result
+  (3.1 GB a video at K400 shapes), the crop and the blur's columns are those dots instead
+  (``jax.lax.platform_dependent``: chosen where the step is lowered; 94 MB a video).
 - The flip reverses the column taps; every later op commutes with it (per-pixel colour, a
   global mean, a symmetric blur kernel).
 - The colour work runs on the crop's three channel planes, so every op is elementwise on
