@@ -1,12 +1,13 @@
 """The demo: VCLR on the embedded synthetic video dataset, a few minutes on 2 CPU cores.
 
-  python -m input_pipeline.synthetic --out=data/synthetic
+  python -m input_pipeline.synthetic --out=data/synthetic --videos_per_class=50 \
+      --test_fraction=0.5
   python -m input_pipeline.prepare --source=list --root=data/synthetic --splits=train,test \
       --out=data/synthetic_records
   python -m vclr_jax.main --config=configs/demo.py --workdir=runs/demo
 
 Same method as configs/k400.py at toy scale: a quarter-width ResNet-18 (16 channels in the
-stem), 96 px crops, batch 32, 45 epochs of the 288 training videos (405 steps), the
+stem), 96 px crops, batch 32, 45 epochs of the 300 training videos (405 steps), the
 reference's learning-rate rule (0.1 x batch / 256). Three settings differ from K400 because
 the dataset and the run are tiny:
 - the queues hold 64 keys, fewer than the videos seen between two visits of the same video

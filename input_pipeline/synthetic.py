@@ -11,14 +11,16 @@ while the mean of per-frame features over the video still separates the classes 
 TSN learns them).
 
 What a video keeps, what changes, and why (what makes real videos work for VCLR). The default
-variant, ``scenes``, is the demo's and docs/evidence.md's:
+variant, ``wide_stage``, is the demo's and docs/evidence.md's:
 - Identity: a still scene. The background is the video's *wallpaper*, one small shape
   repeated over the frame on a slanted lattice (its shape, period, slant and two colours drawn
-  per video), with two to four static *scenery* shapes; the phases play only on a *stage*, a
-  rectangle of 20-30% of the frame. As in a real video, the place stays while the action
-  changes, so frames of different segments share most of their pixels and the frame-level and
-  video-level contrastive terms have something to match.
-- The scene hints at the class, as a pool hints at swimming: half the videos of a class stand
+  per video), with two to four static *scenery* shapes; the phases play on a *stage*, a plain
+  floor in the wallpaper's ground colour covering 55-75% of the frame, squeezed onto it (drawn
+  in the stage's own coordinates), so every frame shows its phase whole. As in a real video,
+  the place stays while the action changes, so frames of different segments share the scene,
+  the floor and the colours, and the frame-level and video-level contrastive terms have
+  something to match.
+- The scene hints at the class, as a pool hints at swimming: 80% of the videos of a class stand
   in its *home*, a wallpaper shape and a ground hue of its own (one of 8 shapes, one of 15
   hues), the others in any. One frame narrows the class down; the whole video names it.
 - Time's direction: *snow*. Small white discs spread over the whole frame appear one after
@@ -34,11 +36,9 @@ Everything follows from the seed.
 
 Other variants (``--variant``) draw the same phases, timing and size for a video of the same
 name:
-- ``wide_stage``: ``scenes`` with the action large: the stage covers 55-75% of the frame, a
-  plain floor in the wallpaper's ground colour, and the phases are squeezed onto it (drawn in
-  the stage's own coordinates), so every frame shows its phase whole (the scenes videos' small
-  stage shows a part of a pattern drawn over the whole frame, often nothing of a ball); the
-  scene is the class's home more often (WIDE_HOME_SHARE).
+- ``scenes``: the demo's earlier videos: the stage is 20-30% of the frame and shows the
+  wallpaper under a part of the phases, which are drawn over the whole frame (so it often shows
+  nothing of a ball); half the videos of a class stand in its home.
 - ``actions``: the 3D demo's videos: the phases cover the frame over a
   smooth background that blends three colours of one luma, and the grains take the scenery's
   colour. Only the colours hold a video together, so the contrastive terms need many more steps.
@@ -79,6 +79,7 @@ DURATION_RANGE_S = (0.6, 2.5)
 # on a stage), 'stills' (every frame the middle frame of the actions video), 'scenes' and
 # 'wide_stage' (scenes with the action on most of the frame): docs/data.md, section 5.
 VARIANTS = ('actions', 'staged', 'stills', 'scenes', 'wide_stage')
+DEFAULT_VARIANT = 'wide_stage'
 GENERATOR_FILE = 'generator.json'
 DEFAULT_TEST_FRACTION = 0.25
 # The actions' background: a grid of colours drawn from the video's palette, smoothly
@@ -101,13 +102,13 @@ WALLPAPER_LUMA_SPREAD = 25.0
 # scene stays while its action changes.
 STAGE_AREA = (0.35, 0.5)
 SCENES_STAGE_AREA = (0.2, 0.3)
-# The wide_stage variant's stage: most of the frame, and its phases drawn in the stage's own
-# coordinates (squeezed onto it), so every crop of some size shows the action whole.
+# The wide_stage variant's stage: most of the frame, a plain floor, and its phases drawn in the
+# stage's own coordinates (squeezed onto it), so every frame shows the action whole.
 WIDE_STAGE_AREA = (0.55, 0.75)
-# In the scenes variant a video's wallpaper is its class's *home* this often, else any: the home
-# is a shape and a ground hue (MAX_CLASSES hues around the colour circle), so a frame's scenery
-# hints at the class, as a pool hints at swimming. An at-home ground's hue is within HUE_JITTER
-# (rad) of the home's; the wallpaper's other colour is any.
+# In the scenes (wide_stage) variant a video's wallpaper is its class's *home* this often, else
+# any: the home is a shape and a ground hue (MAX_CLASSES hues around the colour circle), so a
+# frame's scenery hints at the class, as a pool hints at swimming. An at-home ground's hue is
+# within HUE_JITTER (rad) of the home's; the wallpaper's other colour is any.
 HOME_SHARE = 0.5
 WIDE_HOME_SHARE = 0.8
 HUE_JITTER = 0.2
@@ -121,7 +122,7 @@ COLOUR_WOBBLE = 6.0
 # The grains: their radius as a share of the frame's short side, and about the share of the
 # frame they cover once all have appeared (overlaps make it a little less).
 GRAIN_RADIUS = 0.035
-SNOW_LUMA = 255.0  # the scenes variant's grains: white
+SNOW_LUMA = 255.0  # the scenes and wide_stage variants' grains: white
 GRAIN_COVERAGE = 0.3
 
 Canvas = np.ndarray  # (H, W, 3) float32 in [0, 255], drawn on in place.
@@ -252,9 +253,9 @@ def _video_colours(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, wal
   colours WALLPAPER_LUMA_SPREAD on either side of the mid luma. The phases' and the scenery's
   colours lie at opposite ends of the luma range, each at least MIN_LUMA_CONTRAST away from
   every background colour, so the layers stay apart in grayscale too (MoCo v2's augmentation
-  turns 20% of the crops grey). With a class ``home`` (scenes variant, see _scene_style), the
-  wallpaper's shape and its ground's hue are the class's home with probability
-  ``home_share``."""
+  turns 20% of the crops grey). With a class ``home`` (scenes and wide_stage variants, see
+  _scene_style), the wallpaper's shape and its ground's hue are the class's home with
+  probability ``home_share``."""
   mid = rng.uniform(100, 155)
   if wallpaper:
     spread = WALLPAPER_LUMA_SPREAD
@@ -377,7 +378,7 @@ def _make_grains(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np
   return joins
 
 
-def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str = 'scenes'
+def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str = DEFAULT_VARIANT
                  ) -> tuple[np.ndarray, int, np.ndarray]:
   """One video playing the two ``phases`` one after the other, in random order: its frames
   (T, H, W, 3) uint8, its frame rate, and which phase plays in each frame ((T,) indices into
@@ -431,8 +432,8 @@ def render_video(phases: tuple[str, str], rng: np.random.Generator, variant: str
       canvas[stage] = played[stage]
     else:
       drawers[phase](canvas, progress, yy, xx, colour + wobble[2])
-    # The scenes variant's grains are snow: white in every video, a colour no other layer has,
-    # so its share of any crop tells the time and says nothing of the video.
+    # The scenes and wide_stage variants' grains are snow: white in every video, a colour no
+    # other layer has, so its share of any crop tells the time and says nothing of the video.
     canvas[grains_join <= position] = SNOW_LUMA if scenes else marks_colour + wobble[1]
     frames[index] = np.clip(canvas, 0, 255).astype(np.uint8)
     playing[index] = order[phase]
@@ -456,7 +457,7 @@ def write_mp4(path: str, frames: np.ndarray, fps: int) -> None:
 
 
 def generate(out_dir: str, *, seed: int = 0, num_classes: int = 12, videos_per_class: int = 32,
-             test_fraction: float = DEFAULT_TEST_FRACTION, variant: str = 'scenes',
+             test_fraction: float = DEFAULT_TEST_FRACTION, variant: str = DEFAULT_VARIANT,
              show_progress: bool = True
              ) -> str:
   """Writes the dataset under ``out_dir`` (list layout) and returns ``out_dir``. Every variant
@@ -509,7 +510,7 @@ def generated_settings(out_dir: str) -> dict | None:
 def prepare_synthetic(out_dir: str, *, seed: int = 0, num_classes: int = 12,
                       videos_per_class: int = 32, videos_per_shard: int = 16,
                       short_side: int | None = None, fps: float | None = None,
-                      variant: str = 'scenes', show_progress: bool = False) -> str:
+                      variant: str = DEFAULT_VARIANT, show_progress: bool = False) -> str:
   """Generates the dataset into ``out_dir/videos`` and prepares it (train and test) into
   ``out_dir/records`` through the normal preparation path; returns the records folder.
 
@@ -555,11 +556,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--num_classes', type=int, default=12, help=f'2 to {MAX_CLASSES}')
   parser.add_argument('--videos_per_class', type=int, default=32)
   parser.add_argument('--test_fraction', type=float, default=DEFAULT_TEST_FRACTION)
-  parser.add_argument('--variant', choices=VARIANTS, default='scenes',
-                      help="'scenes': the demo's videos (a still scene that hints at the class, "
-                      "the phases on a stage, white grains that tell the time); 'actions': the "
-                      "3D demo's videos; 'staged' and 'stills': controls for the contrastive "
-                      'terms (docs/data.md, section 5)')
+  parser.add_argument('--variant', choices=VARIANTS, default=DEFAULT_VARIANT,
+                      help="'wide_stage': the demo's videos (a still scene that hints at the "
+                      "class, the phases on a stage of most of the frame, white grains that tell "
+                      "the time); 'scenes': the same with a small stage; 'actions': the 3D "
+                      "demo's videos; 'staged' and 'stills': controls for the contrastive terms "
+                      '(docs/data.md, section 5)')
   args = parser.parse_args(argv)
   generate(args.out, seed=args.seed, num_classes=args.num_classes,
            videos_per_class=args.videos_per_class, test_fraction=args.test_fraction,

@@ -9,14 +9,21 @@ DATA=${DATA:-data}
 RUN=${RUN:-runs/demo}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
-# The generator writes generator.json last: without it, or with another variant, the folder is
+# The demo's videos (docs/data.md, section 5): 12 classes of 50 videos, half of each class held
+# out for the evaluation (300 test videos: one video is a third of a point).
+VIDEOS_PER_CLASS=50
+TEST_FRACTION=0.5
+VARIANT=wide_stage
+# The generator writes generator.json last: without it, or with other settings, the folder is
 # unfinished or holds an earlier dataset (records made from it would be kept by a rerun).
-if ! grep -qs '"variant": "scenes"' "$DATA/synthetic/generator.json"; then
+SETTINGS="\"videos_per_class\": $VIDEOS_PER_CLASS, \"test_fraction\": $TEST_FRACTION, \"variant\": \"$VARIANT\""
+if ! grep -qsF "$SETTINGS" "$DATA/synthetic/generator.json"; then
   if [ -e "$DATA/synthetic" ] || [ -e "$DATA/synthetic_records" ]; then
     echo "$DATA/synthetic is unfinished or holds an earlier synthetic dataset: making it again."
     rm -rf "$DATA/synthetic" "$DATA/synthetic_records"
   fi
-  python -m input_pipeline.synthetic --out="$DATA/synthetic"
+  python -m input_pipeline.synthetic --out="$DATA/synthetic" --variant=$VARIANT \
+      --videos_per_class=$VIDEOS_PER_CLASS --test_fraction=$TEST_FRACTION
 fi
 python -m input_pipeline.prepare --source=list --root="$DATA/synthetic" --splits=train,test \
     --out="$DATA/synthetic_records"

@@ -204,6 +204,8 @@ def main():
   minutes = (time.time() - start) / 60
   write_generated_part(os.path.join(REPO, args.doc), EVIDENCE_TEMPLATE.format(
       table=table, accuracies=accuracies, seeds=args.seeds, minutes=minutes, dataset=dataset,
+      rows_note=(ABLATION_NOTE if not args.full_only and set(seeds) & set(ablation_seeds)
+                 else ''),
       curves_name=os.path.relpath(os.path.join(REPO, args.curves),
                                   os.path.dirname(os.path.join(REPO, args.doc))),
       command=f'python scripts/evidence_table.py --seeds={args.seeds}{flags}'))
@@ -240,6 +242,9 @@ def write_generated_part(doc_path, generated):
     f.write(f'{head}{GENERATED_BEGIN}\n{generated}{GENERATED_END}{tail}')
 
 
+ABLATION_NOTE = """The VCLR rows are the loss-term ablation: frame-level only trains inter + intra
+(config.loss.weights.video = order = 0); then the video-level loss or the order loss is added;
+the last row has both (the full method). """
 GENERATED_BEGIN = '<!-- written by scripts/evidence_table.py: begin -->'
 GENERATED_END = '<!-- written by scripts/evidence_table.py: end -->'
 EVIDENCE_TEMPLATE = """Regenerate (about {minutes:.0f} minutes on 2 CPU cores): `{command}`
@@ -255,11 +260,8 @@ over seeds {seeds}** (each seed's value); a row run for fewer seeds names them. 
 
 {table}
 
-The VCLR rows are the loss-term ablation: frame-level only trains inter + intra
-(config.loss.weights.video = order = 0); then the video-level loss or the order loss is added;
-the last row has both (the full method). The supervised row trains the same network with the
-class labels (TSN, configs/finetune_synthetic.py with init=random) and evaluates its backbone
-the same way.
+{rows_note}The supervised row trains the same network with the class labels (TSN,
+configs/finetune_synthetic.py with init=random) and evaluates its backbone the same way.
 
 ## Does every term learn?
 

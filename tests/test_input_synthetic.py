@@ -354,7 +354,7 @@ def test_generator_settings_are_written_last_and_checked_by_prepare(tmp_path):
   records = synthetic.prepare_synthetic(out, **settings, videos_per_shard=2)
   written = synthetic.generated_settings(os.path.join(out, 'videos'))
   assert written == {**settings, 'test_fraction': synthetic.DEFAULT_TEST_FRACTION,
-                     'variant': 'scenes'}
+                     'variant': synthetic.DEFAULT_VARIANT}
   # The same settings again: the videos are not made again.
   shards = sorted(os.listdir(records))
   generator_file = os.path.join(out, 'videos', synthetic.GENERATOR_FILE)
