@@ -17,8 +17,8 @@ the dataset and the run are tiny:
 - no colour jitter and no grayscale (crops, flips and blur stay): in 405 steps the network
   learns to tell videos apart by their colours, and MoCo v2's jitter changes them in 80% of
   the crops. With it, the inter-frame and video-level terms end near 8% and 20% on the
-  actions videos and even on still ones; without it every term passes 50% on the scenes
-  videos (docs/evidence.md, "Does every term learn?"). K400's 400
+  actions videos and even on still ones; without it, on the demo's videos, video and order
+  pass 50% and inter ends near it (docs/evidence.md, "Does every term learn?"). K400's 400
   epochs learn through the jitter; pass --config.data.augment.jitter_probability=0.8
   --config.data.augment.grayscale_probability=0.2 for the full MoCo v2 recipe here.
 """
