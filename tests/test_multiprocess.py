@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import FAST_COMPILE_FLAGS, free_port, tiny_config
+from conftest import FAST_COMPILE_FLAGS, NO_BLUR, free_port, tiny_config
 from input_pipeline import record_stream
 from input_pipeline import records
 from input_pipeline import synthetic
@@ -42,7 +42,7 @@ OVERRIDES = {
     'batch_size': BATCH, 'queue_size': 32, 'num_epochs': EPOCHS, 'log_every_steps': 1,
     'checkpoint.every_steps': MIDDLE_STEP, 'model.depth': 10, 'model.width_multiplier': 0.125,
     'data.image_size': 80, 'optim.warmup_epochs': 0, 'optim.base_lr': 0.1,
-    'model.shuffle_bn_groups_per_device': 0, 'model.compute_dtype': 'float64',
+    'model.shuffle_bn_groups_per_device': 0, 'model.compute_dtype': 'float64', **NO_BLUR,
 }
 
 
