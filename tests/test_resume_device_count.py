@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import FAST_COMPILE_FLAGS, tiny_config
+from conftest import FAST_COMPILE_FLAGS, NO_BLUR, tiny_config
 from vclr_jax import checkpointing
 from vclr_jax import cli_errors
 from vclr_jax import global_batches
@@ -36,7 +36,8 @@ CLI_OVERRIDES = {
     'data.frame_size': '(96, 96)', 'batch_size': 8, 'queue_size': 48, 'num_epochs': 3,
     'optim.warmup_epochs': 1, 'optim.base_lr': 0.1, 'model.depth': 10,
     'model.width_multiplier': 0.125, 'model.shuffle_bn_groups_per_device': 2,
-    'model.compute_dtype': 'float64', 'checkpoint.every_steps': 1, 'log_every_steps': 1}
+    'model.compute_dtype': 'float64', 'checkpoint.every_steps': 1, 'log_every_steps': 1,
+    **NO_BLUR}
 # Float64 throughout: another device count's BN batches move the numbers by far more
 # (test_train_step.py, FLOAT64_RTOL).
 RELATIVE_TOLERANCE = 1e-9
