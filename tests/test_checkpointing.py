@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from conftest import tiny_config
+from conftest import NO_BLUR, tiny_config
 from test_train_step import NUM_VIDEOS, SGD_CONFIG, run_steps
 from vclr_jax import checkpointing
 from vclr_jax import train_state as ts
@@ -41,7 +41,7 @@ def test_round_trip_is_bit_exact_for_every_leaf(tmp_path):
 
 
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path):
-  config = tiny_config(**{'model.shuffle_bn_groups_per_device': 1})
+  config = tiny_config(**{'model.shuffle_bn_groups_per_device': 1, **NO_BLUR})
   n = 2
   # 4 devices: shuffle-BN's all_to_all moves keys between devices in every step.
   uninterrupted, _ = run_steps(config, 4, 2 * n)
