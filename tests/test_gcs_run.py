@@ -16,7 +16,7 @@ import time
 import pytest
 from gcsfs.core import GCSFileSystem  # not gcsfs' default class: see emulator_env
 
-from conftest import FAST_COMPILE_FLAGS, free_port
+from conftest import FAST_COMPILE_FLAGS, NO_BLUR, free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = 'vclr-test'
@@ -27,6 +27,7 @@ FLAGS = [
     '--config.model.depth=10', '--config.model.width_multiplier=0.125',
     '--config.model.shuffle_bn_groups_per_device=2', '--config.optim.warmup_epochs=1',
     '--config.log_every_steps=1', '--config.checkpoint.every_steps=2',
+    *[f'--config.{key}={value}' for key, value in NO_BLUR.items()],
 ]
 
 
