@@ -7,7 +7,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import tiny_config
+from conftest import NO_BLUR, tiny_config
 from vclr_jax import checkpointing
 from vclr_jax import plots
 from vclr_jax import train
@@ -18,7 +18,7 @@ def diverging_config(**overrides):
   return tiny_config(**{
       'optim.base_lr': 1e30, 'max_nonfinite_in_a_row': 3, 'log_every_steps': 1,
       'checkpoint.every_steps': 1, 'checkpoint.keep': 2, 'checkpoint.keep_every_steps': 4,
-      'checkpoint.async_save': False, **overrides})
+      'checkpoint.async_save': False, **NO_BLUR, **overrides})
 
 
 def saved_steps(directory):
