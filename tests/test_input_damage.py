@@ -224,7 +224,7 @@ def test_training_run_on_damaged_records_finishes_and_logs_skips(damaged, tmp_pa
   config = conftest.tiny_config(**{
       'data.source': 'records', 'data.records_dir': damaged, 'data.split': 'train',
       'data.max_skipped_fraction': 1.0, 'data.cycle_length': 2, 'data.shuffle_buffer': 4,
-      'num_epochs': 3, 'log_every_steps': 1})
+      'num_epochs': 3, 'log_every_steps': 1, **conftest.NO_BLUR})
   with caplog.at_level(logging.INFO):
     metrics = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert metrics['skipped_examples'] > 0

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from configs import eval_ucf101
-from conftest import tiny_config
+from conftest import NO_BLUR, tiny_config
 from input_pipeline import eval_reader
 from input_pipeline import frame_index
 from input_pipeline import prepare
@@ -163,7 +163,7 @@ def test_a_short_training_run_reads_the_tfds_dataset(tfds_dir, tfds_data_dir, tm
   # that test.
   config = tiny_config(**{'data.source': 'tfds', 'data.tfds_name': TFDS_NAME,
                           'data.tfds_data_dir': tfds_data_dir, 'num_epochs': 3,
-                          'log_every_steps': 1})
+                          'log_every_steps': 1, **NO_BLUR})
   metrics = train.train_and_evaluate(config, str(tmp_path / 'run'), argv=[])
   assert metrics and all(np.isfinite(value) for value in metrics.values()), metrics
   assert (tmp_path / 'run' / 'checkpoints' / '3').is_dir()  # 12 videos, batch 8: 3 steps
