@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from conftest import tiny_config
+from conftest import NO_BLUR, tiny_config
 from test_train_step import NUM_VIDEOS, crops_of, run_steps, source
 from vclr_jax import train_state as ts
 
@@ -44,7 +44,7 @@ def test_first_bn_layer_normalises_the_expected_batches(num_devices, key_bn, bn_
         'model.compute_dtype': 'float64', 'model.key_bn': key_bn, 'batch_size': 8,
         'model.online_bn': 'per_device', 'model.bn_batching': bn_batching,
         # One group per device: the shuffle's permutation then cannot change a BN batch.
-        'model.shuffle_bn_groups_per_device': 1})
+        'model.shuffle_bn_groups_per_device': 1, **NO_BLUR})
     state0 = jax.device_get(ts.create_train_state(config, NUM_VIDEOS, jax.random.key(0)))
     state1, _ = run_steps(config, num_devices, 1, state=state0)
     batch = source(config).batch(0)
