@@ -14,7 +14,7 @@ from PIL import Image
 from configs import demo_r3d
 from configs import ucf101_r3d
 from configs import ucf101_s3d
-from conftest import tiny_config
+from conftest import NO_BLUR, tiny_config
 from input_pipeline import eval_reader
 from input_pipeline import prepare
 from input_pipeline import record_stream
@@ -248,7 +248,7 @@ def one_step(config, num_devices, state, batch):
 def test_r3d_step_on_eight_devices_with_sync_bn_equals_one_device():
   # Peak rate 0.8, so that the first warm-up step (peak / 100) moves the weights far more than
   # their float32 rounding.
-  config = clip_config(**{'optim.base_lr': 25.6})
+  config = clip_config(**{'optim.base_lr': 25.6, **NO_BLUR})
   videos = np.random.default_rng(0).integers(0, 256, (8, 18, 96, 96, 3), dtype=np.uint8)
   batch = InMemoryVideos(videos, batch_size=8, seed=0, clip_length=2, clip_stride=2).batch(0)
   # Jitted: the R3D init runs op by op otherwise (minutes on 2 cores).
