@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import k400_vit_s16
-from conftest import tiny_config
+from conftest import NO_BLUR, tiny_config
 from input_pipeline import synthetic
 from test_synthetic_learning import SHORT_RUN, assert_run_lowers_every_loss_term  # noqa: F401
 from vclr_jax import train_state as ts
@@ -150,7 +150,7 @@ def test_vit_step_on_eight_devices_equals_one_device():
   from test_train_step import FLOAT64_RTOL, max_abs_diff, run_steps
   with jax.enable_x64(True):
     config = tiny_vit_config(**{'batch_size': 8, 'queue_size': 24,
-                                'model.compute_dtype': 'float64'})
+                                'model.compute_dtype': 'float64', **NO_BLUR})
     initial = jax.device_get(ts.create_train_state(config, 16, jax.random.key(0)))
     state1, metrics1 = run_steps(config, 1, 1)
     state8, metrics8 = run_steps(config, 8, 1)
