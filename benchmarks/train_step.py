@@ -24,9 +24,11 @@ same figures for another version of vclr_jax/augment.py, compiled in the same ru
 """
 
 import importlib.util
+import inspect
 import os
 import sys
 import time
+import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -78,7 +80,7 @@ def time_augmentation(config, mesh, batches) -> float:
     compute_dtype = ts.COMPUTE_DTYPES[config.model.compute_dtype]
     views = tstep.augmented_views(batch, jax.random.key(0), config.data.image_size,
                                   augment_config, accumulation_dtype(compute_dtype),
-                                  compute_dtype)
+                                  compute_dtype, mesh.devices.flat[0].platform)
     # Reduced so that the timed work is the crops, not copying them out.
     return sum(jnp.sum(views[name]) for name in ('query_frames', 'key_frames', 'x1'))[None]
 
@@ -109,6 +111,15 @@ def augmentation_cost(config, videos: int, module=augment, device=None
   compute_dtype = ts.COMPUTE_DTYPES[config.model.compute_dtype]
   dtype = accumulation_dtype(compute_dtype)
   mesh = tstep.make_mesh([device or jax.devices('cpu')[0]])
+  platform = mesh.devices.flat[0].platform
+
+  def augment_frames(*args):
+    if 'platform' in inspect.signature(module.augment_frames).parameters:
+      return module.augment_frames(*args[:7], platform)
+    # An augment.py from before store_dtype and platform: crops cast afterwards, as its step
+    # did, the platform picked where the step is lowered.
+    return module.augment_frames(*args[:6]).astype(args[6] or args[5])
+
   shapes = batch_layout.batch_shapes(videos, tuple(config.data.frame_size),
                                      config.data.clip_length)
   split = NamedSharding(mesh, P(tstep.DATA_AXIS))
@@ -121,14 +132,15 @@ def augmentation_cost(config, videos: int, module=augment, device=None
     sources = jnp.concatenate([jnp.broadcast_to(jnp.arange(batch_layout.NUM_FRAMES),
                                                 (videos, batch_layout.NUM_FRAMES)),
                                batch['anchor'][:, None]], axis=1).astype(jnp.int32)
-    return module.augment_frames(batch['frames'], sources, keys, config.data.image_size,
-                                 augment_config, dtype).astype(compute_dtype)
+    return augment_frames(batch['frames'], sources, keys, config.data.image_size,
+                          augment_config, dtype, compute_dtype)
 
   def views(batch):
-    tstep.augment = module  # augmented_views calls the module under test
+    # augmented_views calls the module under test.
+    tstep.augment = types.SimpleNamespace(**{**vars(module), 'augment_frames': augment_frames})
     try:
       out = tstep.augmented_views(batch, jax.random.key(0), config.data.image_size,
-                                  augment_config, dtype, compute_dtype)
+                                  augment_config, dtype, compute_dtype, platform)
     finally:
       tstep.augment = augment
     return out['query_frames'], out['key_frames'], out['x1']

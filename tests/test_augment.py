@@ -95,10 +95,12 @@ def test_a_tpu_lowering_resamples_and_blurs_with_dots():
   frames = jnp.zeros((2, 3, 30, 40, 3), jnp.uint8)
   keys = augment.example_keys(jax.random.key(0), jnp.arange(2), 4)
   sources = jnp.asarray([[0, 1, 2, 0]] * 2, jnp.int32)
-  crops = jax.jit(lambda f, s, k: augment.augment_frames(f, s, k, 24, RECIPE))
+  crops = jax.jit(lambda f, s, k, platform: augment.augment_frames(
+      f, s, k, 24, RECIPE, platform=platform), static_argnums=3)
 
   def gathers_and_dots(platform):
-    text = crops.trace(frames, sources, keys).lower(lowering_platforms=(platform,)).as_text()
+    text = crops.trace(frames, sources, keys, platform).lower(
+        lowering_platforms=(platform,)).as_text()
     results = re.findall(r'stablehlo\.gather.*-> tensor<([^>]*)>', text)
     return [shape.split('x')[:-1] for shape in results], text.count('stablehlo.dot_general')
 
@@ -109,7 +111,7 @@ def test_a_tpu_lowering_resamples_and_blurs_with_dots():
   cpu_gathers, cpu_dots = gathers_and_dots('cpu')
   assert pixel_gathers(tpu_gathers) == [['2', '4', '1', '30', '40', '3']]
   assert len(pixel_gathers(cpu_gathers)) > 3 * 4  # every tap of every channel
-  assert tpu_dots > cpu_dots > 0
+  assert tpu_dots > cpu_dots > 0  # the CPU's are the blur's rows
 
 
 def test_constant_image_without_colour_ops_is_normalised_exactly():
@@ -299,6 +301,24 @@ def test_float32_crops_when_jax_runs_with_x64():
   as_float32 = jax.tree.map(lambda v: v.astype(np.float32) if v.dtype == np.float64 else v, params)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(crop(as_float32)))
 
+
+
+def test_crops_stored_in_bfloat16_stay_within_a_few_roundings_of_float32():
+  """Computed in float32 and stored in bfloat16 (the crop, the jitter's half-way image, the
+  blur's half and the output): a few bfloat16 roundings away from the float32 crops."""
+  frames = jnp.asarray(np.stack([natural_image(60, 80, seed=s) for s in range(6)]).reshape(
+      2, 3, 60, 80, 3))
+  keys = augment.example_keys(jax.random.key(1), jnp.arange(2), 8)
+  sources = jnp.asarray([[0, 1, 2, 0, 1, 2, 0, 1]] * 2, jnp.int32)
+  crops = jax.jit(lambda f, s, k, store_dtype: augment.augment_frames(
+      f, s, k, 48, RECIPE, jnp.float32, store_dtype), static_argnums=3)
+  exact = np.asarray(crops(frames, sources, keys, jnp.float32))
+  stored = crops(frames, sources, keys, jnp.bfloat16)
+  assert stored.dtype == jnp.bfloat16
+  error = np.abs(np.asarray(stored, np.float32) - exact)
+  one_rounding = np.abs(np.asarray(jnp.asarray(exact).astype(jnp.bfloat16), np.float32) - exact)
+  assert error.max() <= 10 * one_rounding.max() and error.mean() <= 6 * one_rounding.mean()
+  assert error.mean() >= one_rounding.mean() / 2  # the stores round
 
 def _views(num_devices, batch):
   mesh = train_step.make_mesh(jax.devices()[:num_devices])

@@ -70,7 +70,7 @@ def augmentation_flops(config, platform='tpu'):
   keys = augment.example_keys(jax.random.key(0), np.arange(1), 7)
   recipe = augment.AugmentConfig.from_config(config.data.augment)
   crops = jax.jit(lambda f, s, k: augment.augment_frames(f, s, k, config.data.image_size,
-                                                         recipe))
+                                                         recipe, platform=platform))
   lowered = crops.trace(frames, sources, keys).lower(lowering_platforms=(platform,))
   return compile_targets.lowered_cost(lowered)['flops']
 

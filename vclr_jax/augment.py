@@ -15,37 +15,32 @@ additive, its contrast uses per-channel means and its saturation goes through HS
 would not match MoCo's recipe.
 
 How it is computed: per video the augmentation reads 1.6 MB of uint8 frames and writes
-4.2 MB of float32 crops for under 1 GFLOP, so its cost is memory traffic; it is laid out as
-few elementwise passes as the order of the ops allows (``benchmarks/train_step.py --aug_cost``
-prints XLA's count of FLOPs and bytes).
-- The crop is a gather: every output pixel is a weighted sum of the few frame pixels under
-  its resampling filter (``resize_taps``: K taps per axis, K from the largest box), read
-  straight from the uint8 frame, the chosen frame indexed inside the gather. Dense
-  interpolation matmuls would first copy the frame to float and write a half-resampled image.
-  On a TPU, where each gather becomes an op of its own that writes its whole result
-  (3.1 GB a video at K400 shapes), the crop and the blur's columns are those dots instead
-  (``jax.lax.platform_dependent``: chosen where the step is lowered; 94 MB a video).
-- The flip reverses the column taps; every later op commutes with it (per-pixel colour, a
-  global mean, a symmetric blur kernel).
-- The colour work runs on the crop's three channel planes, so every op is elementwise on
-  same-shaped arrays (no computed plane broadcast over a channel axis).
-- Brightness, contrast and saturation are each a blend ``clip(f x + (1 - f) o)`` with o = 0,
-  the image's mean grey or the pixel's grey. The drawn order is laid out as three blend slots
-  before the hue shift and three after it (``jitter_slots``): the slots at the positions of
-  the cheap ops hold them, the others the identity. So hue, the one costly op, runs once per
-  pixel, instead of the four ops at each of the four positions.
-- Contrast needs the mean grey of the image as it stands at contrast's position: a reduction
-  pass recomputes the crop and the ops before contrast from the frame.
-- Normalisation comes before the blur (the blur's taps sum to one, so it commutes with the
-  per-channel affine map). The blur is separable: columns as a sum of gathered taps with
-  reflected indices, rows as a dot with the blur matrix over the leading axis; the identity
-  taps when the crop is not blurred.
-How many intermediates XLA then writes is its fusion's choice: on the CPU backend a value
-that several ops read and that is larger than the L2 cache is written out unless its cost
-model finds recomputing it in every reader cheaper (the hue's saturation is one such value:
-written as v - chroma k instead, the colour pass becomes one fusion that XLA:CPU's default
-emitters recompute at every shared read, hundreds of times slower), and single reductions
-become library calls on written-out inputs (contrast's is one reduction over three planes).
+4.2 MB of float32 crops (2.1 MB in bfloat16) for under 1 GFLOP, so its cost is memory traffic.
+It runs as a few passes, each one elementwise sweep over the crop, writing its result in the
+step's compute dtype (``store_dtype``: bfloat16 halves every write and read between passes;
+arithmetic stays in ``dtype``). ``benchmarks/train_step.py --aug_cost`` prints XLA's count of
+FLOPs and bytes.
+1. The crop: a gather, every output pixel a weighted sum of the few frame pixels under its
+   resampling filter (``resize_taps``: K taps per axis, K from the largest box), read straight
+   from the uint8 frame, the chosen frame indexed inside the gather. The flip reverses the
+   column taps; every later op commutes with it (per-pixel colour, a global mean, a symmetric
+   blur kernel). On a TPU, where each gather becomes an op of its own that writes its whole
+   result (3.1 GB a video at K400 shapes), the crop and the blur are dots with the dense
+   resampling and blur matrices instead (``platform``: the step passes its mesh's).
+2. The colour jitter, in two passes split at the hue shift, the one costly op, which runs once
+   per pixel. Brightness, contrast and saturation are each a blend ``clip(f x + (1 - f) o)``
+   with o = 0, the image's mean grey or the pixel's grey; the drawn order is laid out as three
+   blend slots before the hue shift and three after it (``jitter_slots``), the slots at the
+   positions of the cheap ops holding them, the others the identity. Contrast needs the mean
+   grey of the image as it stands at contrast's position: a reduction ahead of the pass that
+   holds contrast recomputes that pass's ops before it from the pass's input.
+3. The second colour pass goes on with the grayscale, the normalisation (it commutes with the
+   blur, whose taps sum to one) and the blur's columns; a last pass blurs the rows. Both halves
+   of the separable blur are sums of gathered taps with reflected indices (the identity taps
+   when the crop is not blurred).
+The colour work runs on the crop's three channel planes, so every op is elementwise on
+same-shaped arrays (no computed plane broadcast over a channel axis). Where the passes end is
+fixed on a CPU (``_written``) and left to XLA's fusion on a GPU or TPU.
 
 Randomness: every crop's draws come from a key derived from (run key, step, global example
 index, crop), so the augmentation is the same on any number of devices and a resumed run
@@ -244,11 +239,17 @@ def _resample_by_matmul(frames, index, taps):
   return tuple(image[c] for c in range(3))
 
 
-def resample(frames, index, taps):
+def target_platform(platform: str | None) -> str:
+  """The platform the augmentation is compiled for: ``platform``, or JAX's default backend."""
+  return platform or jax.default_backend()
+
+
+def resample(frames, index, taps, platform=None):
   """The crop's three channel planes, each (S, S), from the uint8 frame ``frames[index]``:
-  gathered taps, or dots on a TPU (chosen where the step is lowered)."""
-  return jax.lax.platform_dependent(frames, index, taps, tpu=_resample_by_matmul,
-                                    default=_resample_by_taps)
+  gathered taps, or dots on a TPU."""
+  if target_platform(platform) == 'tpu':
+    return _resample_by_matmul(frames, index, taps)
+  return _resample_by_taps(frames, index, taps)
 
 
 def _planes(image):
@@ -260,10 +261,10 @@ def _image(planes):
 
 
 def crop_and_resize(frame, top, left, crop_height, crop_width, flip, output_size: int,
-                    dtype=jnp.float32):
+                    dtype=jnp.float32, platform=None):
   """(H, W, 3) uint8 -> (S, S, 3) in [0, 1]: antialiased bilinear resize of the box, flipped."""
   return _image(resample(frame, (), crop_taps(top, left, crop_height, crop_width, flip,
-                                               frame.shape[:2], output_size, dtype)))
+                                               frame.shape[:2], output_size, dtype), platform))
 
 
 # ----------------------------------------------------------------------------- colour ops
@@ -318,12 +319,9 @@ def _hue_planes(planes, delta):
   k = (by_sector(0.0, f, 1.0, 1.0, one_minus_f, 0.0),
        by_sector(one_minus_f, 0.0, 0.0, f, 1.0, 1.0),
        by_sector(1.0, 1.0, one_minus_f, 0.0, 0.0, f))
-  # The saturation's division, with its several readers, is where XLA:CPU splits the colour
-  # pass. Written as v - chroma k (v s = chroma), one pass from frame to jittered crop, XLA:CPU's
-  # default fusion emitters recompute the values shared inside it at every read (about 500x
-  # slower there), so the division stays.
-  saturation = chroma / jnp.where(chroma == 0, 1.0, maxc)
-  return tuple(jnp.clip(maxc * (1.0 - saturation * k_c), 0.0, 1.0) for k_c in k)
+  # v (1 - s k) with v s = chroma: no division by v, whose several readers would make XLA
+  # write the quotient out.
+  return tuple(jnp.clip(maxc - chroma * k_c, 0.0, 1.0) for k_c in k)
 
 
 def grayscale(image):
@@ -382,53 +380,86 @@ def jitter_slots(order):
   return positions, ops, hue_position
 
 
-def _jitter_pass(planes, params, slots, end, contrast_mean):
-  """The jitter ops at positions before ``end``, in order, as one elementwise pass."""
-  positions, ops, hue_position = slots
+def _blend_slots(planes, params, slots, first_slot: int, end, contrast_mean, grey=_grey):
+  """The three blend slots from ``first_slot`` (0: before the hue shift, 3: after it), each
+  applying the op it holds if that op's position is before ``end``."""
+  positions, ops, _ = slots
   factors = jnp.stack([params[name] for name in JITTER_OPS[:HUE]])
-
-  def blend_slot(planes, k):
+  for k in range(first_slot, first_slot + NUM_JITTER_OPS - 1):
     op = jnp.where(positions[k] < end, ops[k], IDENTITY_OP)
-    other = jnp.where(op == SATURATION, _grey(planes),
+    other = jnp.where(op == SATURATION, grey(planes),
                       jnp.where(op == CONTRAST, contrast_mean, 0.0))
     factor = factors[jnp.clip(op, 0, HUE - 1)]
-    return tuple(jnp.where(op == IDENTITY_OP, plane, _blend(plane, other, factor))
-                 for plane in planes)
-
-  slots_per_side = NUM_JITTER_OPS - 1
-  for k in range(slots_per_side):
-    planes = blend_slot(planes, k)
-  shifted = _hue_planes(planes, params['hue'])
-  planes = tuple(jnp.where(hue_position < end, s, p) for s, p in zip(shifted, planes))
-  for k in range(slots_per_side, 2 * slots_per_side):
-    planes = blend_slot(planes, k)
+    planes = tuple(jnp.where(op == IDENTITY_OP, plane, _blend(plane, other, factor))
+                   for plane in planes)
   return planes
 
 
-def _color_jitter_planes(planes, params, enabled):
+def _grey_summed_backwards(planes):
+  """_grey with its terms added in the other order. The reduction passes use it: were their
+  first slot's grey the same expression as the colour pass's, XLA would compute it once for
+  both and write it out (5.6 MB a video at K400 shapes)."""
+  r, g, b = planes
+  return LUMA_WEIGHTS[2] * b + LUMA_WEIGHTS[1] * g + LUMA_WEIGHTS[0] * r
+
+
+def _mean_grey(planes):
+  """The mean luma of channel planes: the grey of the planes' means (grey is linear), as one
+  reduction over the three planes. XLA:CPU hands single reductions to a library that takes a
+  written-out input, while this one stays fused with the pass that computes its planes."""
   dtype = planes[0].dtype
-  slots = jitter_slots(params['order'])
-  end = jnp.where(enabled, NUM_JITTER_OPS, 0)
-  contrast_position = jnp.argmax(params['order'] == CONTRAST)
-  before_contrast = _jitter_pass(planes, params, slots, jnp.minimum(contrast_position, end),
-                                 0.0)
-  # The grey of the planes' means is the mean grey (grey is linear). One reduction over the
-  # three planes: XLA:CPU hands single reductions to a library that takes a written-out input,
-  # while this one stays fused with the pass it reduces.
-  sums = jax.lax.reduce(before_contrast, (jnp.zeros((), dtype),) * 3,
+  sums = jax.lax.reduce(planes, (jnp.zeros((), dtype),) * 3,
                         lambda a, b: tuple(x + y for x, y in zip(a, b)),
-                        tuple(range(before_contrast[0].ndim)))
-  mean = _grey(sums) / before_contrast[0].size
-  return _jitter_pass(planes, params, slots, end, mean)
+                        tuple(range(planes[0].ndim)))
+  return _grey(sums) / planes[0].size
 
 
-def color_jitter(image, params, enabled=True):
-  """The four jitter ops in ``params['order']`` on an (H, W, 3) image (none if not enabled).
-
-  Two elementwise passes over the crop: a reduction of the ops before contrast to contrast's
-  mean grey, then the four ops.
+def _written(planes, store_dtype, platform):
+  """The planes rounded to ``store_dtype``, where a pass of the augmentation writes its result
+  for the next passes to read. On a CPU an optimisation barrier also ends the pass there:
+  XLA:CPU would fuse the passes on either side and recompute everything before it at every
+  read (hundreds of times slower). XLA:GPU and XLA:TPU weigh recomputation against traffic
+  themselves, and a barrier would cost them traffic (``benchmarks/train_step.py --aug_cost``).
   """
-  return _image(_color_jitter_planes(_planes(image), params, enabled))
+  dtype = planes[0].dtype
+  if target_platform(platform) == 'cpu':
+    # Written as one image, so that one pass computes all three planes.
+    return _planes(_end_of_pass(_image(planes), store_dtype, platform).astype(dtype))
+  return tuple(plane.astype(store_dtype).astype(dtype) for plane in planes)
+
+
+def _end_of_pass(image, store_dtype, platform):
+  """``image`` in ``store_dtype``, where a pass ends: on a CPU behind an optimisation barrier
+  (see _written)."""
+  image = image.astype(store_dtype)
+  if target_platform(platform) == 'cpu':
+    return jax.lax.optimization_barrier(image)
+  return image
+
+
+def _color_jitter_planes(planes, params, enabled, store_dtype, platform):
+  """The jitter as two passes split at the hue shift, written out between them. Contrast
+  needs the mean grey of the image as it stands at contrast's position: a reduction pass ahead
+  of the side that holds contrast recomputes that side's ops before it."""
+  slots = jitter_slots(params['order'])
+  hue_position = slots[2]
+  end = jnp.where(enabled, NUM_JITTER_OPS, 0)
+  contrast_end = jnp.minimum(jnp.argmax(params['order'] == CONTRAST), end)
+  mean_before_hue = _mean_grey(_blend_slots(planes, params, slots, 0, contrast_end, 0.0,
+                                            _grey_summed_backwards))
+  planes = _blend_slots(planes, params, slots, 0, end, mean_before_hue)
+  shifted = _hue_planes(planes, params['hue'])
+  planes = _written(tuple(jnp.where(hue_position < end, s, p) for s, p in zip(shifted, planes)),
+                    store_dtype, platform)
+  mean_after_hue = _mean_grey(_blend_slots(planes, params, slots, NUM_JITTER_OPS - 1,
+                                           contrast_end, 0.0, _grey_summed_backwards))
+  mean = jnp.where(contrast_end < hue_position, mean_before_hue, mean_after_hue)
+  return _blend_slots(planes, params, slots, NUM_JITTER_OPS - 1, end, mean)
+
+
+def color_jitter(image, params, enabled=True, platform=None):
+  """The four jitter ops in ``params['order']`` on an (H, W, 3) image (none if not enabled)."""
+  return _image(_color_jitter_planes(_planes(image), params, enabled, image.dtype, platform))
 
 
 # ----------------------------------------------------------------------------- blur
@@ -459,32 +490,36 @@ def blur_matrix(taps, size: int):
                                                    taps.dtype))
 
 
-def _blur_by_taps(image, taps):
+def _blur_by_taps(image, taps, store_dtype=None):
   """(H, W, C) blurred by the separable kernel ``taps`` with reflected borders, for a GPU or CPU.
 
-  Columns first, as a sum of gathered taps: XLA counts a gathered operand as read once
-  (shifted slices would each count as a read of the image), where a dot over the middle axis
-  would need transposed copies around it. Then rows, as a dot with the (H, H) blur matrix:
-  it contracts the leading axis, so it needs no transposed copy, and XLA writes its output
-  once, whatever slices of the crops the caller takes (a gathered last pass is recomputed in
-  each slice, its gathers written out tap by tap).
+  Columns first, as a sum of gathered taps: XLA counts a gathered operand as read once (shifted
+  slices would each count as a read of the image), where a dot over the middle axis would need
+  transposed copies around it. Then rows, as a dot with the (H, H) blur matrix over the leading
+  axis, on the half-blurred image rounded to ``store_dtype``: gathered row taps would move a
+  third of the bytes, but XLA:CPU runs them inside the step six times slower.
   """
   radius = (taps.shape[0] - 1) // 2
   columns = _reflected_sources(image.shape[1], radius)
   image = sum(taps[t] * image[:, columns[:, t]] for t in range(taps.shape[0]))
+  image = image.astype(store_dtype or image.dtype).astype(image.dtype)
   return jnp.einsum('sh,hwc->swc', blur_matrix(taps, image.shape[0]), image)
 
 
-def _blur_by_matmul(image, taps):
-  """_blur_by_taps with the columns as a dot too (no gathers, for a TPU)."""
+def _blur_by_matmul(image, taps, store_dtype=None):
+  """_blur_by_taps as two dots with the blur matrices (no gathers, for a TPU)."""
   image = jnp.einsum('hwc,vw->hvc', image, blur_matrix(taps, image.shape[1]))
+  image = image.astype(store_dtype or image.dtype).astype(image.dtype)
   return jnp.einsum('uh,hvc->uvc', blur_matrix(taps, image.shape[0]), image)
 
 
-def gaussian_blur(image, taps):
+def gaussian_blur(image, taps, store_dtype=None, platform=None):
   """(H, W, C) blurred by the separable kernel ``taps`` with reflected borders (torchvision's
-  ``gaussian_blur``): gathered column taps then a row dot, or two dots on a TPU."""
-  return jax.lax.platform_dependent(image, taps, tpu=_blur_by_matmul, default=_blur_by_taps)
+  ``gaussian_blur``): gathered taps, or dots on a TPU; the half-blurred image in between is
+  stored in ``store_dtype`` (default the image's)."""
+  if target_platform(platform) == 'tpu':
+    return _blur_by_matmul(image, taps, store_dtype)
+  return _blur_by_taps(image, taps, store_dtype)
 
 
 # ----------------------------------------------------------------------------- one crop
@@ -518,46 +553,58 @@ def crop_params(key, height: int, width: int, config: AugmentConfig):
   return dict(draws, top=top, left=left, height=h, width=w)
 
 
-def _augment(frames, index, params, output_size: int, config: AugmentConfig, dtype):
-  """The ImageNet-normalised (S, S, 3) crop of the frame ``frames[index]`` (H, W, 3)."""
+def _augment(frames, index, params, output_size: int, config: AugmentConfig, dtype,
+             store_dtype, platform):
+  """The ImageNet-normalised (S, S, 3) crop of the frame ``frames[index]`` (H, W, 3), computed
+  in ``dtype``, written (as are the passes' intermediates) in ``store_dtype``."""
   # The drawn factors are float64 under jax_enable_x64; the crop is computed in ``dtype``.
   params = {name: value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value
             for name, value in params.items()}
   taps = crop_taps(params['top'], params['left'], params['height'], params['width'],
                    params['flip'], frames.shape[-3:-1], output_size, dtype)
-  planes = resample(frames, index, taps)
+  planes = resample(frames, index, taps, platform)
   # Ops with probability 0 are left out of the graph (TSN's crops-only recipe).
   if config.jitter_probability > 0:
-    planes = _color_jitter_planes(planes, params, params['jitter'])
+    # The jitter's first pass and its reduction both read the crop.
+    planes = _color_jitter_planes(_written(planes, store_dtype, platform), params,
+                                  params['jitter'], store_dtype, platform)
   if config.grayscale_probability > 0:
     grey = _grey(planes)
     planes = tuple(jnp.where(params['gray'], grey, plane) for plane in planes)
   image = normalize(_image(planes))
   if config.blur_probability > 0:
     # Blurring the normalised crop is blurring the crop then normalising (the taps sum to
-    # one), and lets the colour pass write the crop once, normalised.
+    # one), and lets the colour pass end in the blur's first half.
     radius = blur_radius(output_size, config)
     taps = blur_taps(params['sigma'] * output_size / BLUR_REFERENCE_SIZE, radius, dtype)
     identity = jnp.zeros_like(taps).at[radius].set(1.0)
-    image = gaussian_blur(image, jnp.where(params['blur'], taps, identity))
-  return image
+    image = gaussian_blur(image, jnp.where(params['blur'], taps, identity), store_dtype,
+                          platform)
+  # Written where it is computed: the step's consumers each read a part of it, and XLA:CPU
+  # would recompute the gathered last pass in each.
+  return _end_of_pass(image, store_dtype, platform)
 
 
-def augment_crop(frame, params, output_size: int, config: AugmentConfig, dtype=jnp.float32):
+def augment_crop(frame, params, output_size: int, config: AugmentConfig, dtype=jnp.float32,
+                 platform=None):
   """One (H, W, 3) uint8 frame and its drawn parameters -> one ImageNet-normalised (S, S, 3)
   crop."""
-  return _augment(frame, (), params, output_size, config, dtype)
+  return _augment(frame, (), params, output_size, config, dtype, dtype, platform)
 
 
 def augment_frames(frames, sources, keys, output_size: int, config: AugmentConfig,
-                   dtype=jnp.float32):
+                   dtype=jnp.float32, store_dtype=None, platform=None):
   """Crops of ``frames[b, sources[b, c]]`` with ``keys[b, c]``, vectorised.
 
   frames: (B, N, H, W, 3) uint8 frames, or (B, N, L, H, W, 3) clips of L frames, whose frames
   all get their crop's one set of draws; sources: (B, C) int32 frame (clip) of every crop;
   keys: (B, C) typed keys. Returns (B, C, S, S, 3), or (B, C, L, S, S, 3) for clips,
-  ImageNet-normalised ``dtype``.
+  ImageNet-normalised, computed in ``dtype`` and written in ``store_dtype`` (default
+  ``dtype``), as is every intermediate image the augmentation writes between its passes.
+  ``platform``: what the crops are compiled for ('cpu', 'gpu', 'tpu'; default JAX's default
+  backend), which picks the form of the crop, the blur and the passes' ends.
   """
+  store_dtype = store_dtype or dtype
   height, width = frames.shape[-3:-1]
   params = jax.vmap(jax.vmap(lambda k: crop_params(k, height, width, config)))(keys)
 
@@ -565,8 +612,9 @@ def augment_frames(frames, sources, keys, output_size: int, config: AugmentConfi
     if frames.ndim == 6:
       clip = jnp.arange(frames.shape[2])
       return jax.vmap(lambda l: _augment(example_frames, (source, l), p, output_size, config,
-                                         dtype))(clip)
-    return _augment(example_frames, (source,), p, output_size, config, dtype)
+                                         dtype, store_dtype, platform))(clip)
+    return _augment(example_frames, (source,), p, output_size, config, dtype, store_dtype,
+                    platform)
 
   return jax.vmap(jax.vmap(one, in_axes=(None, 0, 0)))(frames, sources, params)
 

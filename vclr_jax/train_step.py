@@ -154,7 +154,7 @@ def crop_keys(key, per_device: int, crops_per_example: int):
 
 
 def augmented_views(batch, key, image_size: int, config: augment.AugmentConfig, dtype,
-                    output_dtype=None):
+                    output_dtype=None, platform=None):
   """The crops the encoders see, from one device's shard of a batch of uint8 frames, computed
   in ``dtype`` and written in ``output_dtype`` (default ``dtype``): the encoders' compute
   dtype, to which their first layer casts its input anyway.
@@ -171,8 +171,8 @@ def augmented_views(batch, key, image_size: int, config: augment.AugmentConfig, 
   sources = jnp.concatenate([jnp.broadcast_to(jnp.arange(batch_layout.NUM_FRAMES),
                                               (b, batch_layout.NUM_FRAMES)),
                              batch['anchor'][:, None]], axis=1).astype(jnp.int32)
-  crops = augment.augment_frames(frames, sources, keys, image_size, config, dtype)
-  crops = crops.astype(output_dtype or dtype)
+  crops = augment.augment_frames(frames, sources, keys, image_size, config, dtype, output_dtype,
+                                 platform)
   views = {name: value for name, value in batch.items() if name != 'frames'}
   return dict(views, query_frames=crops[:, :3], key_frames=crops[:, 3:6], x1=crops[:, 6])
 
@@ -286,7 +286,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, optimizer, le
     rng, augment_rng = jax.random.split(
         jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
     batch = augmented_views(batch, augment_rng, config.data.image_size, augment_config,
-                            augment_dtype, online_model.dtype)
+                            augment_dtype, online_model.dtype, mesh.devices.flat[0].platform)
     keys, ema_batch_stats = _key_encoder_outputs(key_model, state, batch, rng, shuffle_devices,
                                                    reference)
     queues = (state.queue_inter, state.queue_video)

@@ -139,7 +139,8 @@ def make_train_step(model: TSN, optimizer, mesh, image_size: int,
     b, k = batch['frames'].shape[:2]
     sources = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k))
     frames = augment.augment_frames(batch['frames'], sources, train_step.crop_keys(crop_key, b, k),
-                                    image_size, crop_config)
+                                    image_size, crop_config,
+                                    platform=mesh.devices.flat[0].platform)
 
     def loss_fn(params):
       logits, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats},
