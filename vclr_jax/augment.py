@@ -35,9 +35,9 @@ FLOPs and bytes.
    grey of the image as it stands at contrast's position: a reduction ahead of the pass that
    holds contrast recomputes that pass's ops before it from the pass's input.
 3. The second colour pass goes on with the grayscale, the normalisation (it commutes with the
-   blur, whose taps sum to one) and the blur's columns; a last pass blurs the rows. Both halves
-   of the separable blur are sums of gathered taps with reflected indices (the identity taps
-   when the crop is not blurred).
+   blur, whose taps sum to one) and the blur's columns, a sum of gathered taps with reflected
+   indices; the rows are then a dot with the blur matrix (identity taps and matrix when the
+   crop is not blurred).
 The colour work runs on the crop's three channel planes, so every op is elementwise on
 same-shaped arrays (no computed plane broadcast over a channel axis). Where the passes end is
 fixed on a CPU (``_written``) and left to XLA's fusion on a GPU or TPU.
