@@ -85,28 +85,29 @@ def config():
 # The longest files first: with --dist loadfile each file runs on one worker, and a long file
 # scheduled last leaves the other worker idle. pytest-xdist would otherwise order the files by
 # their number of tests, which put the one-test test_multiprocess.py last. Seconds in the suite
-# (2 workers, 2026-12-05); in this order the two workers were busy 899 and 887 s. Figures with
-# a * were cut later that day: the suite's figure scaled by the file's CPU time alone after/before.
-LONGEST_FILES = ('test_synthetic_learning.py',  # the ResNet and the tiny ViT learning runs
-                 'test_stops.py',  # every stop from the real CLI
-                 'test_plan.py',  # 137 alone: libtpu compiles of the tiny step, cpu:4 searches
-                 'test_resume_device_count.py',  # three float64 CLI runs
-                 'test_multiprocess.py',  # 255, two processes
-                 'test_multiprocess_stops.py',  # two 2-process runs
-                 'test_vit.py',  # the 8-vs-1-device float64 ViT step
-                 'test_train_step.py',  # 170* (224 before) in several tests
-                 'test_notebook.py',  # 142
-                 'test_main.py',  # 146
-                 'test_bn_batching.py',  # 111* (119 before)
-                 'test_clips.py',  # ~210 under a load of 10 on 2 cores (8-vs-1-device R3D step)
-                 'test_eval_end_to_end.py',  # 151* (188 before), +70 alone for the 3D test
-                 'test_divergence.py',  # 109
-                 'test_vit_eval.py',
-                 'test_tfds.py',  # 71 alone, beside another run
-                 'test_input_damage.py',  # 58
-                 'test_models_3d.py',  # ~35 alone
-                 'test_checkpointing.py',  # 63* (67 before)
-                 'test_gcs_run.py')  # 103
+# from a fresh clone (2 workers, 2026-12-06, the sum of the file's tests among the 40 longest).
+LONGEST_FILES = ('test_multiprocess.py',  # 132, two float64 processes
+                 'test_synthetic_learning.py',  # 124, the ResNet and the tiny ViT learning runs
+                 'test_stops.py',  # 117, every stop from the real CLI
+                 'test_eval_end_to_end.py',  # 108
+                 'test_train_step.py',  # 105
+                 'test_notebook.py',  # 91
+                 'test_plan.py',  # 79, libtpu compiles of the tiny step, cpu:4 searches
+                 'test_resume_device_count.py',  # 78, three float64 CLI runs
+                 'test_main.py',  # 68
+                 'test_vit.py',  # 65
+                 'test_divergence.py',  # 56
+                 'test_multiprocess_stops.py',  # 43, two 2-process runs
+                 'test_gcs_run.py',  # 35
+                 'test_augment.py',  # 32 and many short tests
+                 'test_bn_batching.py',  # 30
+                 'test_clips.py',  # 25
+                 'test_checkpointing.py',  # 23
+                 'test_vit_eval.py',  # 18
+                 'test_quiet_start.py',  # 17
+                 'test_tfds.py',  # 17
+                 'test_models_3d.py',
+                 'test_input_damage.py')
 
 
 def pytest_configure(config):
