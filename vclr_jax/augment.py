@@ -424,17 +424,9 @@ def _written(planes, store_dtype, platform):
   dtype = planes[0].dtype
   if target_platform(platform) == 'cpu':
     # Written as one image, so that one pass computes all three planes.
-    return _planes(_end_of_pass(_image(planes), store_dtype, platform).astype(dtype))
+    image = jax.lax.optimization_barrier(_image(planes).astype(store_dtype))
+    return _planes(image.astype(dtype))
   return tuple(plane.astype(store_dtype).astype(dtype) for plane in planes)
-
-
-def _end_of_pass(image, store_dtype, platform):
-  """``image`` in ``store_dtype``, where a pass ends: on a CPU behind an optimisation barrier
-  (see _written)."""
-  image = image.astype(store_dtype)
-  if target_platform(platform) == 'cpu':
-    return jax.lax.optimization_barrier(image)
-  return image
 
 
 def _color_jitter_planes(planes, params, enabled, store_dtype, platform):
@@ -580,9 +572,7 @@ def _augment(frames, index, params, output_size: int, config: AugmentConfig, dty
     identity = jnp.zeros_like(taps).at[radius].set(1.0)
     image = gaussian_blur(image, jnp.where(params['blur'], taps, identity), store_dtype,
                           platform)
-  # Written where it is computed: the step's consumers each read a part of it, and XLA:CPU
-  # would recompute the gathered last pass in each.
-  return _end_of_pass(image, store_dtype, platform)
+  return image.astype(store_dtype)
 
 
 def augment_crop(frame, params, output_size: int, config: AugmentConfig, dtype=jnp.float32,
