@@ -63,9 +63,8 @@ def tiny_config(**overrides):
 
 # The augmentation's blur (its gathered taps) dominates a tiny step at the backend optimisation
 # level 0. Measured 2026-12-06 (augmentation of c6392fa) on 2 cores, one CPU device, tiny_config
-# at batch 16: 11.9 CPU
-# seconds a float32 step with the blur, 1.6 without; the CLI run of tests/test_stops.py (12
-# steps at batch 4) 71 CPU seconds with it, 30 without. Tests whose assertion is not about the
+# at batch 16: 11.9 CPU seconds a float32 step with the blur, 1.6 without; the CLI run of
+# tests/test_stops.py (12 steps at batch 4) 71 CPU seconds with it, 30 without. Tests whose assertion is not about the
 # augmentation leave it out; tests/test_augment.py checks the blur against torchvision and
 # tests/test_train_step.py the step's crops, blur included, on 1 and 8 devices.
 NO_BLUR = {'data.augment.blur_probability': 0.0}
