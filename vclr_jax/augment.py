@@ -34,13 +34,13 @@ FLOPs and bytes.
    positions of the cheap ops holding them, the others the identity. Contrast needs the mean
    grey of the image as it stands at contrast's position: a reduction ahead of the pass that
    holds contrast recomputes that pass's ops before it from the pass's input.
-3. The second colour pass goes on with the grayscale, the normalisation (it commutes with the
-   blur, whose taps sum to one) and the blur's columns, a sum of gathered taps with reflected
-   indices; the rows are then a dot with the blur matrix (identity taps and matrix when the
-   crop is not blurred).
+3. The second colour pass goes on with the grayscale and the normalisation (it commutes with
+   the blur, whose taps sum to one). The blur's rows are then a dot with the blur matrix, and
+   its columns, a sum of gathered taps with reflected indices, end in the crop (identity taps
+   and matrix when the crop is not blurred).
 The colour work runs on the crop's three channel planes, so every op is elementwise on
 same-shaped arrays (no computed plane broadcast over a channel axis). Where the passes end is
-fixed on a CPU (``_written``) and left to XLA's fusion on a GPU or TPU.
+fixed on a CPU (``_stored``) and left to XLA's fusion on a GPU or TPU.
 
 Randomness: every crop's draws come from a key derived from (run key, step, global example
 index, crop), so the augmentation is the same on any number of devices and a resumed run
@@ -414,19 +414,23 @@ def _mean_grey(planes):
   return _grey(sums) / planes[0].size
 
 
-def _written(planes, store_dtype, platform):
-  """The planes rounded to ``store_dtype``, where a pass of the augmentation writes its result
-  for the next passes to read. On a CPU an optimisation barrier also ends the pass there:
-  XLA:CPU would fuse the passes on either side and recompute everything before it at every
-  read (hundreds of times slower). XLA:GPU and XLA:TPU weigh recomputation against traffic
-  themselves, and a barrier would cost them traffic (``benchmarks/train_step.py --aug_cost``).
-  """
-  dtype = planes[0].dtype
+def _stored(image, store_dtype, platform):
+  """``image`` rounded to ``store_dtype`` and left in it, where a pass of the augmentation
+  writes its result for the next passes to read. On a CPU an optimisation barrier also ends
+  the pass there: XLA:CPU would fuse the passes on either side and recompute everything before
+  it at every read (hundreds of times slower). XLA:GPU and XLA:TPU weigh recomputation against
+  traffic themselves, and a barrier would cost them traffic
+  (``benchmarks/train_step.py --aug_cost``)."""
+  image = image.astype(store_dtype)
   if target_platform(platform) == 'cpu':
-    # Written as one image, so that one pass computes all three planes.
-    image = jax.lax.optimization_barrier(_image(planes).astype(store_dtype))
-    return _planes(image.astype(dtype))
-  return tuple(plane.astype(store_dtype).astype(dtype) for plane in planes)
+    image = jax.lax.optimization_barrier(image)
+  return image
+
+
+def _written(planes, store_dtype, platform):
+  """The planes rounded to ``store_dtype`` by ``_stored``, written as one image so that one
+  pass computes all three."""
+  return _planes(_stored(_image(planes), store_dtype, platform).astype(planes[0].dtype))
 
 
 def _color_jitter_planes(planes, params, enabled, store_dtype, platform):
@@ -476,26 +480,32 @@ def _reflected_sources(size: int, radius: int) -> np.ndarray:
 
 
 def blur_matrix(taps, size: int):
-  """The (size, size) matrix of the 1D blur ``taps`` with reflected borders."""
+  """The (size, size) matrix of the 1D blur ``taps`` with reflected borders, in the taps'
+  dtype: entry (i, j) sums the taps of output pixel i whose reflected source is j. Built
+  elementwise, tap by tap (no gather, which a TPU would run as an op of its own, and no dot
+  with a one-hot tensor, which XLA writes out in float32)."""
   sources = _reflected_sources(size, (taps.shape[0] - 1) // 2)
-  return jnp.einsum('t,itj->ij', taps, jnp.asarray(sources[..., None] == np.arange(size),
-                                                   taps.dtype))
+  return sum(jnp.where(sources[:, t, None] == np.arange(size), taps[t], 0).astype(taps.dtype)
+             for t in range(taps.shape[0]))
 
 
-def _blur_by_taps(image, taps, store_dtype=None):
+def _blur_by_taps(image, taps, store_dtype=None, platform=None):
   """(H, W, C) blurred by the separable kernel ``taps`` with reflected borders, for a GPU or CPU.
 
-  Columns first, as a sum of gathered taps: XLA counts a gathered operand as read once (shifted
-  slices would each count as a read of the image), where a dot over the middle axis would need
-  transposed copies around it. Then rows, as a dot with the (H, H) blur matrix over the leading
-  axis, on the half-blurred image rounded to ``store_dtype``: gathered row taps would move a
-  third of the bytes, but XLA:CPU runs them inside the step six times slower.
+  Rows first, as a dot of the (H, H) blur matrix with the image over its leading axis (no
+  transposed copies), both in ``store_dtype`` and accumulated in the image's dtype: the image
+  arrives as the colour pass writes it. Then columns, as a sum of gathered taps, which XLA
+  counts as one read of the image (shifted slices would each count as a read), in the pass
+  that writes the crop. Gathered row taps would move fewer bytes, but XLA:CPU runs them
+  inside the step six times slower than the dot.
   """
-  radius = (taps.shape[0] - 1) // 2
-  columns = _reflected_sources(image.shape[1], radius)
-  image = sum(taps[t] * image[:, columns[:, t]] for t in range(taps.shape[0]))
-  image = image.astype(store_dtype or image.dtype).astype(image.dtype)
-  return jnp.einsum('sh,hwc->swc', blur_matrix(taps, image.shape[0]), image)
+  dtype = image.dtype
+  store_dtype = store_dtype or dtype
+  image = _stored(image, store_dtype, platform)
+  image = jnp.einsum('sh,hwc->swc', blur_matrix(taps.astype(store_dtype), image.shape[0]),
+                     image, preferred_element_type=dtype)
+  columns = _reflected_sources(image.shape[1], (taps.shape[0] - 1) // 2)
+  return sum(taps[t] * image[:, columns[:, t]] for t in range(taps.shape[0]))
 
 
 def _blur_by_matmul(image, taps, store_dtype=None):
@@ -507,11 +517,11 @@ def _blur_by_matmul(image, taps, store_dtype=None):
 
 def gaussian_blur(image, taps, store_dtype=None, platform=None):
   """(H, W, C) blurred by the separable kernel ``taps`` with reflected borders (torchvision's
-  ``gaussian_blur``): gathered taps, or dots on a TPU; the half-blurred image in between is
+  ``gaussian_blur``): a dot and gathered taps, or two dots on a TPU; the image between them is
   stored in ``store_dtype`` (default the image's)."""
   if target_platform(platform) == 'tpu':
     return _blur_by_matmul(image, taps, store_dtype)
-  return _blur_by_taps(image, taps, store_dtype)
+  return _blur_by_taps(image, taps, store_dtype, platform)
 
 
 # ----------------------------------------------------------------------------- one crop
