@@ -34,10 +34,10 @@ FLOPs and bytes.
    positions of the cheap ops holding them, the others the identity. Contrast needs the mean
    grey of the image as it stands at contrast's position: a reduction ahead of the pass that
    holds contrast recomputes that pass's ops before it from the pass's input.
-3. The second colour pass goes on with the grayscale and the normalisation (it commutes with
-   the blur, whose taps sum to one). The blur's rows are then a dot with the blur matrix, and
-   its columns, a sum of gathered taps with reflected indices, end in the crop (identity taps
-   and matrix when the crop is not blurred).
+3. The second colour pass goes on with the grayscale, the normalisation (it commutes with the
+   blur, whose taps sum to one) and the blur's columns, a sum of gathered taps with reflected
+   indices; the rows are then a dot with the blur matrix, both in the compute dtype (identity
+   taps and matrix when the crop is not blurred).
 The colour work runs on the crop's three channel planes, so every op is elementwise on
 same-shaped arrays (no computed plane broadcast over a channel axis). Where the passes end is
 fixed on a CPU (``_stored``) and left to XLA's fusion on a GPU or TPU.
@@ -428,9 +428,13 @@ def _stored(image, store_dtype, platform):
 
 
 def _written(planes, store_dtype, platform):
-  """The planes rounded to ``store_dtype`` by ``_stored``, written as one image so that one
-  pass computes all three."""
-  return _planes(_stored(_image(planes), store_dtype, platform).astype(planes[0].dtype))
+  """The planes rounded to ``store_dtype`` as ``_stored`` rounds an image. On a CPU they are
+  written as one image, so that one pass computes all three; elsewhere they stay planes (a
+  TPU pads an image's channel axis of 3 to a full tile)."""
+  dtype = planes[0].dtype
+  if target_platform(platform) == 'cpu':
+    return _planes(_stored(_image(planes), store_dtype, platform).astype(dtype))
+  return tuple(plane.astype(store_dtype).astype(dtype) for plane in planes)
 
 
 def _color_jitter_planes(planes, params, enabled, store_dtype, platform):
@@ -492,20 +496,21 @@ def blur_matrix(taps, size: int):
 def _blur_by_taps(image, taps, store_dtype=None, platform=None):
   """(H, W, C) blurred by the separable kernel ``taps`` with reflected borders, for a GPU or CPU.
 
-  Rows first, as a dot of the (H, H) blur matrix with the image over its leading axis (no
-  transposed copies), both in ``store_dtype`` and accumulated in the image's dtype: the image
-  arrives as the colour pass writes it. Then columns, as a sum of gathered taps, which XLA
-  counts as one read of the image (shifted slices would each count as a read), in the pass
-  that writes the crop. Gathered row taps would move fewer bytes, but XLA:CPU runs them
-  inside the step six times slower than the dot.
+  Columns first, as a sum of gathered taps: XLA counts a gathered operand as read once (shifted
+  slices would each count as a read of the image), where a dot over the middle axis would need
+  transposed copies around it. Then rows, as a dot of the (H, H) blur matrix with the
+  half-blurred image over its leading axis, both in ``store_dtype`` and accumulated in the
+  image's dtype. Gathered row taps, or these column taps after the dot, would move fewer
+  bytes, but where the crops have several readers (the step's views) XLA:CPU writes each tap
+  out apart: the step's augmentation runs two to six times slower.
   """
   dtype = image.dtype
   store_dtype = store_dtype or dtype
-  image = _stored(image, store_dtype, platform)
-  image = jnp.einsum('sh,hwc->swc', blur_matrix(taps.astype(store_dtype), image.shape[0]),
-                     image, preferred_element_type=dtype)
   columns = _reflected_sources(image.shape[1], (taps.shape[0] - 1) // 2)
-  return sum(taps[t] * image[:, columns[:, t]] for t in range(taps.shape[0]))
+  image = sum(taps[t] * image[:, columns[:, t]] for t in range(taps.shape[0]))
+  image = _stored(image, store_dtype, platform)
+  return jnp.einsum('sh,hwc->swc', blur_matrix(taps.astype(store_dtype), image.shape[0]),
+                    image, preferred_element_type=dtype)
 
 
 def _blur_by_matmul(image, taps, store_dtype=None):
