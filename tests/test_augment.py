@@ -246,26 +246,29 @@ def _reference_jitter(image, order, factors):
   return x
 
 
+@pytest.mark.parametrize('platform', ['cpu', 'gpu'])
 @pytest.mark.parametrize('factors', [
     dict(brightness=1.35, contrast=0.65, saturation=1.4, hue=0.08),
     dict(brightness=0.7, contrast=1.38, saturation=0.62, hue=-0.09)])
-def test_jitter_applies_the_drawn_order_for_every_order(factors):
+def test_jitter_applies_the_drawn_order_for_every_order(factors, platform):
   """The fused jitter (blend slots around one hue shift, contrast's mean from its own pass)
-  equals the four ops applied one by one in the drawn order, for all 24 orders; factors that
-  clip, so the order matters, and the result for another order is far off."""
+  equals the four ops applied one by one in the drawn order, for all 24 orders, in both of its
+  forms (a CPU's two passes; a GPU's or TPU's one); factors that clip, so the order matters,
+  and the result for another order is far off."""
   image = natural_image(40, 56, seed=5).astype(np.float32) / 255
   orders = list(itertools.permutations(range(augment.NUM_JITTER_OPS)))
   params = {name: jnp.full((len(orders),), value, jnp.float32) for name, value in factors.items()}
   params['order'] = jnp.asarray(orders, jnp.int32)
-  ours = np.asarray(jax.jit(jax.vmap(lambda p: augment.color_jitter(jnp.asarray(image), p)))(
-      params))
+  ours = np.asarray(jax.jit(jax.vmap(lambda p: augment.color_jitter(
+      jnp.asarray(image), p, platform=platform)))(params))
   references = np.stack([_reference_jitter(image, order, factors) for order in orders])
   for i, order in enumerate(orders):
     np.testing.assert_allclose(ours[i], references[i], rtol=0, atol=2e-5, err_msg=str(order))
     reversed_order = orders.index(tuple(reversed(order)))
     assert np.abs(ours[i] - references[reversed_order]).max() > 0.02, order
   # Not drawn (p 0.2): the crop passes through untouched.
-  off = jax.vmap(lambda p: augment.color_jitter(jnp.asarray(image), p, enabled=False))(params)
+  off = jax.vmap(lambda p: augment.color_jitter(jnp.asarray(image), p, enabled=False,
+                                                 platform=platform))(params)
   np.testing.assert_array_equal(np.asarray(off), np.broadcast_to(image, off.shape))
 
 
