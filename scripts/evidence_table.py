@@ -244,7 +244,8 @@ def write_generated_part(doc_path, generated):
 
 ABLATION_NOTE = """The VCLR rows are the loss-term ablation: frame-level only trains inter + intra
 (config.loss.weights.video = order = 0); then the video-level loss or the order loss is added;
-the last row has both (the full method). """
+the last row has both (the full method).
+"""
 GENERATED_BEGIN = '<!-- written by scripts/evidence_table.py: begin -->'
 GENERATED_END = '<!-- written by scripts/evidence_table.py: end -->'
 EVIDENCE_TEMPLATE = """Regenerate (about {minutes:.0f} minutes on 2 CPU cores): `{command}`
