@@ -417,9 +417,9 @@ def _mean_grey(planes):
 
 def _stored(image, store_dtype, platform):
   """``image`` rounded to ``store_dtype`` and left in it, where a pass of the augmentation
-  writes its result for the next passes to read. On a CPU an optimisation barrier also ends
-  the pass there: XLA:CPU would fuse the passes on either side and recompute everything before
-  it at every read (hundreds of times slower). XLA:GPU and XLA:TPU weigh recomputation against
+  writes its result for the next passes to read. On a CPU an optimisation barrier also keeps
+  XLA's simplifications from merging the passes on either side, which XLA:CPU would then fuse
+  and recompute everything before the barrier at every read (hundreds of times slower). XLA:GPU and XLA:TPU weigh recomputation against
   traffic themselves, and a barrier would cost them traffic
   (``benchmarks/train_step.py --aug_cost``)."""
   image = image.astype(store_dtype)
@@ -450,7 +450,7 @@ def _color_jitter_planes(planes, params, enabled, store_dtype, platform):
   that pass's ops before it.
 
   On a GPU or TPU: one reduction over the ops before contrast, then one pass, which XLA fuses
-  (the augmentation moves 20% less than with the CPU's form on an H100, 12% less on a v5e).
+  (the augmentation moves 19% less than with the CPU's form on an H100, 12% less on a v5e).
   On a CPU: two passes split at the hue shift and written between them, each with its own
   reduction: XLA:CPU's emitters recompute shared values, so one reduction through the hue
   shift runs 2.4 times slower.
@@ -512,7 +512,7 @@ def blur_matrix(taps, size: int):
   elementwise, tap by tap (no gather, which a TPU would run as an op of its own, and no dot
   with a one-hot tensor, which XLA writes out in float32)."""
   sources = _reflected_sources(size, (taps.shape[0] - 1) // 2)
-  return sum(jnp.where(sources[:, t, None] == np.arange(size), taps[t], 0).astype(taps.dtype)
+  return sum(jnp.where(sources[:, t, None] == np.arange(size), taps[t], 0)
              for t in range(taps.shape[0]))
 
 
@@ -545,7 +545,7 @@ def _blur_by_matmul(image, taps, store_dtype=None):
 
 def gaussian_blur(image, taps, store_dtype=None, platform=None):
   """(H, W, C) blurred by the separable kernel ``taps`` with reflected borders (torchvision's
-  ``gaussian_blur``): a dot and gathered taps, or two dots on a TPU; the image between them is
+  ``gaussian_blur``): gathered taps then a dot, or two dots on a TPU; the image between them is
   stored in ``store_dtype`` (default the image's)."""
   if target_platform(platform) == 'tpu':
     return _blur_by_matmul(image, taps, store_dtype)
