@@ -5,7 +5,9 @@
   python scripts/plan_table.py plans/v5e-8.json plans/v5e-256.json ...
 
 Rows come in the order of the files; a report's label is its topology, with the slice count
-and the chip count where the name does not say them.
+and the chip count where the name does not say them. A later report of the same topology
+fills the earlier row's largest batch with its search (a search started near the limit,
+`--per_chip_batch=120 --find_max_batch`, beside the row at 32 videos per chip).
 """
 
 import json
@@ -33,8 +35,11 @@ def row(report: dict) -> str:
   hbm = f"{memory['peak'] / 1e9:.2f} / {capacity / 1e9:.0f} GB" if capacity else (
       f"{memory['peak'] / 1e9:.2f} GB")
   search = report.get('max_batch')
-  largest = (f"{search['per_chip_batch']} ({search['compiles']} compiles)" if search
-             else 'not searched')
+  largest = 'not searched'
+  if search:
+    start = search.get('from', report['per_chip_batch'])
+    largest = f"{search['per_chip_batch']} ({search['compiles']} compiles" + (
+        f" from {start})" if start != report['per_chip_batch'] else ')')
   collectives = sum(entry['bytes'] for entry in report['collectives'].values()) / 1e6
   estimate = report.get('estimate')
   speed = f"{estimate['videos_per_s_per_chip']:,.0f}" if estimate else '-'
@@ -48,9 +53,20 @@ def row(report: dict) -> str:
           f"{collectives:.0f} | {speed} | {hours} | {report['compile_seconds']:.0f} s |")
 
 
+def merged(reports: list[dict]) -> list[dict]:
+  """One report per topology: a repeated topology's search goes to its first report."""
+  rows = {}
+  for report in reports:
+    first = rows.setdefault(label(report), report)
+    if first is not report and report.get('max_batch'):
+      rows[label(report)] = dict(first, max_batch=dict(report['max_batch'],
+                                                       **{'from': report['per_chip_batch']}))
+  return list(rows.values())
+
+
 def table(reports: list[dict]) -> str:
   separator = '|' + ' --- |' * HEADER.count(' | ') + ' --- |'
-  return '\n'.join([HEADER, separator] + [row(report) for report in reports])
+  return '\n'.join([HEADER, separator] + [row(report) for report in merged(reports)])
 
 
 def main(paths: list[str]) -> None:

@@ -165,6 +165,31 @@ def test_search_max_batch_brackets_a_step_function():
   assert best == 9 and len(tried) <= 20  # bisection of [1, 16384], not a walk down from it
 
 
+def test_search_max_batch_through_a_plateau_to_the_compilers_limit():
+  """XLA:TPU keeps a step under its HBM limit by scheduling, so near the limit the peaks stop
+  growing and only the compiler's out-of-memory error, with the bytes it says the program
+  needs, marks the end."""
+  limit = 120
+  peak_of = lambda b: (plan.OutOfMemory(0.8e9 + 0.135e9 * b) if b > limit
+                       else min(0.8e9 + 0.135e9 * b, 15.6e9))
+  best, tried = plan.search_max_batch(peak_of, 16e9, 32, fixed_bytes=0.8e9, limit=60_000)
+  assert best == limit and limit + 1 in tried
+  # The misfits' figures make the line: fewer compiles than bisecting without them.
+  without_figures = lambda b: None if b > limit else peak_of(b)
+  _, bisected = plan.search_max_batch(without_figures, 16e9, 32, fixed_bytes=0.8e9,
+                                      limit=60_000)
+  assert len(tried) < len(bisected)
+
+
+def test_compiler_needs_reads_the_tpu_out_of_memory_message():
+  error = RuntimeError('RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory '
+                       'in memory space hbm. Used 16.31G of 15.75G hbm. Exceeded hbm capacity '
+                       'by 575.00M.')
+  assert plan.is_out_of_memory(error)
+  assert plan.compiler_needs(error) == 16.31 * 2**30
+  assert plan.compiler_needs(RuntimeError('RESOURCE_EXHAUSTED: out of memory')) is None
+
+
 def test_cpu_path_compiles_the_same_module(tpu_report):
   report = plan.plan(small_config(), compile_targets.parse_topology('cpu:4'),
                      per_chip_batch=PER_CHIP, num_videos=NUM_VIDEOS)
@@ -246,6 +271,19 @@ def test_plan_table_rows_are_the_reports(tpu_report, tmp_path):
       f"{tpu_report['memory_bytes']['peak'] / 1e9:.2f} / 16 GB", '7 (3 compiles)',
       f"{tpu_report['gflop_per_video_model']:.1f} / {tpu_report['gflop_per_video_step']:.1f}"]
   assert cells[6:8] == [f"{estimate['videos_per_s_per_chip']:,.0f}", f'{hours_400:,.0f}']
+  # A second report of the topology, a search from 40 per chip, fills the first row's cell.
+  searched = tmp_path / 'v5e-4-search.json'
+  searched.write_text(json.dumps(dict(tpu_report, per_chip_batch=40,
+                                      max_batch={'per_chip_batch': 41, 'compiles': 2})))
+  plain = tmp_path / 'v5e-4-plain.json'
+  plain.write_text(json.dumps(tpu_report))
+  result = subprocess.run([sys.executable, 'scripts/plan_table.py', str(plain), str(searched)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  _, _, merged_row = result.stdout.strip().splitlines()
+  cells = [cell.strip() for cell in merged_row.strip('|').split('|')]
+  assert cells[1:4] == [str(PER_CHIP), f"{tpu_report['memory_bytes']['peak'] / 1e9:.2f} / 16 GB",
+                        '41 (2 compiles from 40)']
   broken = tmp_path / 'broken.json'
   broken.write_text('{')
   result = subprocess.run([sys.executable, 'scripts/plan_table.py', str(broken)], cwd=REPO,

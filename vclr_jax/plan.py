@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import time
 from typing import Callable
@@ -64,13 +65,13 @@ flags.mark_flags_as_required(['config', 'topology'])
 
 def planned_config(config: ml_collections.ConfigDict, num_chips: int, per_chip_batch: int,
                    num_videos: int) -> ml_collections.ConfigDict:
-  """``config`` for the plan: the per-chip batch applied, and the data and init_from paths
-  (files on the pod, not here) replaced by generated videos, which give the step the same
-  batch layout (config.data.frame_size)."""
+  """``config`` for the plan: the per-chip batch applied as ``batch_config`` applies it, and
+  the data and init_from paths (files on the pod, not here) replaced by generated videos,
+  which give the step the same batch layout (config.data.frame_size)."""
+  if per_chip_batch:
+    config = batch_config(config, num_chips, per_chip_batch)
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    if per_chip_batch:
-      config.batch_size = per_chip_batch * num_chips
     config.data.source = 'in_memory'
     config.data.in_memory_videos = max(num_videos, config.batch_size)
     config.init_from = ''
@@ -188,22 +189,50 @@ def is_out_of_memory(error: Exception) -> bool:
   return 'RESOURCE_EXHAUSTED' in str(error) or 'Ran out of memory' in str(error)
 
 
+@dataclasses.dataclass(frozen=True)
+class OutOfMemory:
+  """A batch the compiler itself refused for lack of HBM, and the bytes it said the program
+  needs (None where its message gives no figure)."""
+  needed: float | None = None
+
+
+_BINARY_UNITS = {'': 1, 'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
+
+
+def compiler_needs(error: Exception) -> float | None:
+  """The bytes in XLA:TPU's 'Ran out of memory in memory space hbm. Used 16.31G of 15.75G
+  hbm.' (binary units), or None."""
+  match = re.search(r'Used ([\d.]+)([KMGT]?)i?B? of [\d.]+[KMGT]?i?B? hbm', str(error))
+  return float(match.group(1)) * _BINARY_UNITS[match.group(2)] if match else None
+
+
 # --- The largest per-chip batch that fits ---------------------------------------------------
 
-def search_max_batch(peak_of: Callable[[int], float | None], capacity: float, start: int,
-                     known: dict[int, float | None] | None = None, limit: int = 1 << 14,
+def search_max_batch(peak_of: Callable[[int], float | OutOfMemory | None], capacity: float,
+                     start: int, known: dict | None = None, limit: int = 1 << 14,
                      fixed_bytes: float = 0.0):
   """The largest batch b >= 1 with peak_of(b) <= capacity, and every batch tried.
 
-  peak_of(b) is a compile (None: the compiler itself ran out of memory). The peak grows
-  about linearly with the batch, so the next try is the line's crossing of the capacity,
-  kept strictly inside the bracket (largest fit, smallest misfit). The line goes through
-  the two measured peaks nearest the capacity or, with one, through it and fixed_bytes at
-  batch 0 (the state, which does not grow with the batch); with neither it doubles or
-  halves. Typically 2-3 compiles after the first.
+  peak_of(b) is a compile: its peak, or OutOfMemory (None: without a figure) where the
+  compiler itself ran out of memory. The peak grows about linearly with the batch, so the
+  next try is the line's crossing of the capacity, kept strictly inside the bracket (largest
+  fit, smallest misfit). The line goes through the two figures nearest the capacity or, with
+  one, through it and fixed_bytes at batch 0 (the state, which does not grow with the batch).
+  Near its limit XLA:TPU schedules the step to stay under it, so the fits' peaks stop growing:
+  then the line goes through the bracket's ends, the largest fit and the bytes the compiler
+  said the smallest misfit needs. With no line it doubles or bisects. Typically 2-3 compiles
+  after the first.
   """
   tried = dict(known or {})
-  fits = lambda b: tried[b] is not None and tried[b] <= capacity
+  figure = lambda v: v.needed if isinstance(v, OutOfMemory) else v
+  fits = lambda b: not isinstance(tried[b], OutOfMemory) and tried[b] is not None and (
+      tried[b] <= capacity)
+
+  def crossing(points):
+    (b0, p0), (b1, p1) = points
+    slope = (p1 - p0) / (b1 - b0) if b1 != b0 else 0.0
+    return int(b0 + (capacity - p0) / slope) if slope > 0 else None
+
   b = start
   while True:
     if b not in tried:
@@ -214,22 +243,19 @@ def search_max_batch(peak_of: Callable[[int], float | None], capacity: float, st
     high = min((x for x in failing if x > low), default=None)
     if high == low + 1 or (high is None and low >= limit) or (low == 0 and high == 1):
       return low, tried
-    measured = sorted((x, tried[x]) for x in tried if tried[x] is not None)
+    measured = sorted((x, figure(tried[x])) for x in tried if figure(tried[x]) is not None)
     if len(measured) == 1 and fixed_bytes:
       measured.append((0, fixed_bytes))
     near = sorted(measured, key=lambda point: abs(point[1] - capacity))[:2]
-    guess = None
-    if len(near) == 2 and near[0][0] != near[1][0]:
-      (b0, p0), (b1, p1) = near
-      slope = (p1 - p0) / (b1 - b0)
-      if slope > 0:
-        guess = int(b0 + (capacity - p0) / slope)
+    guess = crossing(near) if len(near) == 2 else None
+    ends = [(x, figure(tried[x])) for x in (low, high) if x in tried]
+    if guess is None and len(ends) == 2 and None not in (ends[0][1], ends[1][1]):
+      guess = crossing(ends)
     upper = high - 1 if high is not None else limit
     if guess is not None and guess <= low:
       guess = low + 1  # the line says low is the largest fit: check the one above it
     if guess is None or guess > upper:
-      # No line, or one that points past the bracket (a compiler OOM has no peak to fit):
-      # bisect the bracket, or double towards the limit.
+      # No line, or one that points past the bracket: bisect it, or double towards the limit.
       guess = (low + high) // 2 if high is not None else min(max(2 * low, 1), limit)
     b = guess
 
@@ -313,6 +339,13 @@ def _gb(value: float) -> str:
   return f'{value / chips.GB:.2f} GB'
 
 
+def _peak_text(peak: float | OutOfMemory) -> str:
+  if not isinstance(peak, OutOfMemory):
+    return f'peak {_gb(peak)}'
+  return 'the compiler ran out of memory' + (
+      f' (needs {_gb(peak.needed)})' if peak.needed is not None else '')
+
+
 def format_report(report: dict) -> str:
   memory = report['memory_bytes']
   lines = [
@@ -360,10 +393,11 @@ def format_report(report: dict) -> str:
     ]
   search = report.get('max_batch')
   if search:
-    tried = ', '.join(f'{b}: {"compiler OOM" if p is None else _gb(p)}'
+    needs = search.get('compiler_needs', {})
+    tried = ', '.join(f'{b}: {_peak_text(OutOfMemory(needs.get(b)) if p is None else p)}'
                       for b, p in sorted(search['tried'].items()))
     lines.append(f"Largest per-chip batch that fits: {search['per_chip_batch']} "
-                 f"({search['compiles']} compiles, {search['seconds']:.0f} s; peaks {tried})")
+                 f"({search['compiles']} compiles, {search['seconds']:.0f} s): {tried}")
   return '\n'.join(lines)
 
 
@@ -400,18 +434,20 @@ def plan(config: ml_collections.ConfigDict, target: compile_targets.Target, *,
       except Exception as error:  # a TPU compile that does not fit the chip's HBM
         if not is_out_of_memory(error):
           raise
-        peak = None
+        peak = OutOfMemory(compiler_needs(error))
       # Each compile of a large step takes minutes: say how the search goes.
-      print(f'--find_max_batch: {per_chip} per chip: '
-            + ('the compiler ran out of memory' if peak is None else f'peak {_gb(peak)}')
-            + f' ({time.perf_counter() - started:.0f} s)', file=sys.stderr, flush=True)
+      print(f'--find_max_batch: {per_chip} per chip: {_peak_text(peak)} '
+            f'({time.perf_counter() - started:.0f} s)', file=sys.stderr, flush=True)
       return peak
 
     best, tried = search_max_batch(peak_of, capacity_gb * chips.GB, compiled.per_chip_batch,
                                    known={compiled.per_chip_batch: compiled.memory['peak']},
                                    fixed_bytes=compiled.memory['argument'],
                                    limit=num_videos // num_chips)  # one step per epoch
-    search = {'per_chip_batch': best, 'tried': tried, 'compiles': len(tried) - 1,
+    search = {'per_chip_batch': best, 'compiles': len(tried) - 1,
+              'tried': {b: None if isinstance(p, OutOfMemory) else p for b, p in tried.items()},
+              'compiler_needs': {b: p.needed for b, p in tried.items()
+                                 if isinstance(p, OutOfMemory)},
               'seconds': time.perf_counter() - start,
               'capacity_bytes': capacity_gb * chips.GB}
   return build_report(resolved, target, num_hosts, num_chips, compiled, num_videos,
