@@ -187,6 +187,9 @@ def test_compiler_needs_reads_the_tpu_out_of_memory_message():
                        'by 575.00M.')
   assert plan.is_out_of_memory(error)
   assert plan.compiler_needs(error) == 16.31 * 2**30
+  error = RuntimeError('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required '
+                       'for HLO temporaries (36.00G) exceeds available HBM (15.75G).')
+  assert plan.is_out_of_memory(error) and plan.compiler_needs(error) == 36 * 2**30
   assert plan.compiler_needs(RuntimeError('RESOURCE_EXHAUSTED: out of memory')) is None
 
 

@@ -199,11 +199,19 @@ class OutOfMemory:
 _BINARY_UNITS = {'': 1, 'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
 
 
+_NEEDS = (r'Used ([\d.]+)([KMGT]?)i?B? of [\d.]+[KMGT]?i?B? hbm',
+          r'required for HLO temporaries \(([\d.]+)([KMGT]?)i?B?\) exceeds available HBM')
+
+
 def compiler_needs(error: Exception) -> float | None:
-  """The bytes in XLA:TPU's 'Ran out of memory in memory space hbm. Used 16.31G of 15.75G
-  hbm.' (binary units), or None."""
-  match = re.search(r'Used ([\d.]+)([KMGT]?)i?B? of [\d.]+[KMGT]?i?B? hbm', str(error))
-  return float(match.group(1)) * _BINARY_UNITS[match.group(2)] if match else None
+  """The bytes XLA:TPU's out-of-memory error says the program needs ('Ran out of memory in
+  memory space hbm. Used 16.31G of 15.75G hbm.', or 'the total memory required for HLO
+  temporaries (36.00G) exceeds available HBM (15.75G)'; binary units), or None."""
+  for pattern in _NEEDS:
+    match = re.search(pattern, str(error))
+    if match:
+      return float(match.group(1)) * _BINARY_UNITS[match.group(2)]
+  return None
 
 
 # --- The largest per-chip batch that fits ---------------------------------------------------
