@@ -133,3 +133,18 @@ def test_the_step_figure_is_drawn_by_its_script(tmp_path):
   with Image.open(tmp_path / 'step.png') as drawn, \
       Image.open(os.path.join(REPO, 'docs', 'train_step.png')) as committed:
     assert drawn.size == committed.size  # the committed figure is the script's
+
+
+def test_the_plan_tables_are_the_committed_reports():
+  """The README's and docs/pods.md's plan table is scripts/plan_table.py's output for the
+  reports in docs/plans, so no figure of it is typed by hand."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  reports = sorted(glob.glob(os.path.join(REPO, 'docs', 'plans', '*.json')))
+  result = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'plan_table.py')]
+                          + reports, capture_output=True, text=True, timeout=60, check=True)
+  table = result.stdout.strip()
+  assert len(table.splitlines()) == 9  # header, separator, seven topologies
+  for path in (README, os.path.join(REPO, 'docs', 'pods.md')):
+    with open(path, encoding='utf-8') as f:
+      assert table in f.read(), path
