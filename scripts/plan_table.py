@@ -1,8 +1,10 @@
 """The README's plan table from `python -m vclr_jax.plan ... --json` reports, one row each.
 
   python -m vclr_jax.plan --config=configs/k400.py --topology=v5e-8 --per_chip_batch=32 \
-      --find_max_batch --json > plans/v5e-8.json
-  python scripts/plan_table.py plans/v5e-8.json plans/v5e-256.json ...
+      --json > docs/plans/1a-v5e-8.json
+  python -m vclr_jax.plan --config=configs/k400.py --topology=v5e-8 --per_chip_batch=120 \
+      --find_max_batch --json > docs/plans/1b-v5e-8-search.json
+  python scripts/plan_table.py docs/plans/*.json
 
 Rows come in the order of the files; a report's label is its topology, with the slice count
 and the chip count where the name does not say them. A later report of the same topology

@@ -419,9 +419,9 @@ def _stored(image, store_dtype, platform):
   """``image`` rounded to ``store_dtype`` and left in it, where a pass of the augmentation
   writes its result for the next passes to read. On a CPU an optimisation barrier also keeps
   XLA's simplifications from merging the passes on either side, which XLA:CPU would then fuse
-  and recompute everything before the barrier at every read (hundreds of times slower). XLA:GPU and XLA:TPU weigh recomputation against
-  traffic themselves, and a barrier would cost them traffic
-  (``benchmarks/train_step.py --aug_cost``)."""
+  and recompute everything before the barrier at every read (hundreds of times slower).
+  XLA:GPU and XLA:TPU weigh recomputation against traffic themselves, and a barrier would
+  cost them traffic (``benchmarks/train_step.py --aug_cost``)."""
   image = image.astype(store_dtype)
   if target_platform(platform) == 'cpu':
     image = jax.lax.optimization_barrier(image)

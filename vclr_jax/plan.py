@@ -226,10 +226,10 @@ def search_max_batch(peak_of: Callable[[int], float | OutOfMemory | None], capac
   next try is the line's crossing of the capacity, kept strictly inside the bracket (largest
   fit, smallest misfit). The line goes through the two figures nearest the capacity or, with
   one, through it and fixed_bytes at batch 0 (the state, which does not grow with the batch).
-  Near its limit XLA:TPU schedules the step to stay under it, so the fits' peaks stop growing:
-  then the line goes through the bracket's ends, the largest fit and the bytes the compiler
-  said the smallest misfit needs. With no line it doubles or bisects. Typically 2-3 compiles
-  after the first.
+  Near its limit XLA:TPU rematerialises and schedules the step to stay under it, so the fits'
+  peaks stop growing: then the line goes through the bracket's ends, the largest fit and the
+  bytes the compiler said the smallest misfit needs. With no line it doubles or bisects.
+  Typically 2-3 compiles after the first.
   """
   tried = dict(known or {})
   figure = lambda v: v.needed if isinstance(v, OutOfMemory) else v
