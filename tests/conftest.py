@@ -98,6 +98,7 @@ LONGEST_FILES = ('test_multiprocess.py',  # 132, two float64 processes
                  'test_vit.py',  # 65
                  'test_divergence.py',  # 56
                  'test_multiprocess_stops.py',  # 43, two 2-process runs
+                 'test_loop_stop.py',  # 43, two 2-process runs, one with a 35 s slower trace
                  'test_gcs_run.py',  # 35
                  'test_augment.py',  # 32 and many short tests
                  'test_bn_batching.py',  # 30

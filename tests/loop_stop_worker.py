@@ -1,11 +1,13 @@
 """One of two processes running vclr_jax.training_loop on a toy step (tests/test_loop_stop.py).
 
 argv: coordinator port, process id, workdir, the step from which process 1's input reports
-an error. Prints 'STOPPED <type> <message>' for the error the loop ends with.
+an error, and optionally the seconds process 1 spends longer tracing the step (a slow
+compile). Prints 'STOPPED <type> <message>' for the error the loop ends with.
 """
 
 import os
 import sys
+import time
 
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,7 +34,8 @@ class ToyState:
   total: jax.Array
 
 
-def main(port: int, process_id: int, workdir: str, error_from_step: int) -> None:
+def main(port: int, process_id: int, workdir: str, error_from_step: int,
+         compile_delay_s: float) -> None:
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}', num_processes=2,
                              process_id=process_id)
@@ -43,6 +46,8 @@ def main(port: int, process_id: int, workdir: str, error_from_step: int) -> None
 
   @jax.jit
   def step_fn(state, batch):
+    if process_id == 1:
+      time.sleep(compile_delay_s)  # runs once, while tracing
     new = ToyState(step=state.step + 1, total=state.total + batch['x'].sum())
     return new, {'total': new.total}
 
@@ -73,4 +78,5 @@ def main(port: int, process_id: int, workdir: str, error_from_step: int) -> None
 
 
 if __name__ == '__main__':
-  main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+  main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]),
+       float(sys.argv[5]) if len(sys.argv) > 5 else 0.0)

@@ -25,6 +25,9 @@ from vclr_jax.in_memory_data import InMemoryVideos, make_videos
 IN_MEMORY_FRAMES = 16
 # The stop message after a divergence proposes this fraction of the learning rate.
 LOWER_LR_FACTOR = 0.1
+# Process 0 renames directories while the others wait; on a slow shared filesystem that
+# can take minutes.
+MOVE_ASIDE_TIMEOUT_S = 600
 RESUME_FLAGS = ('--config.checkpoint.resume_step', '--config.optim.base_lr')
 
 
@@ -90,9 +93,7 @@ def move_aside_later_checkpoints(workdir: str, step: int) -> None:
       logging.warning('config.checkpoint.resume_step=%d: moved the later checkpoints %s to %s '
                       '(not deleted). Drop the flag when restarting this run later.',
                       step, moved, aside)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices('move_aside_later_checkpoints')
+  training_loop.wait_for_every_host('moved_aside_later_checkpoints', MOVE_ASIDE_TIMEOUT_S)
 
 
 def initial_state(config, num_videos: int, mesh) -> train_state_lib.TrainState:

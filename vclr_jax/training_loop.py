@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -44,6 +46,10 @@ from vclr_jax import profiling
 
 # What the per-step all-reduce carries from each host; the largest wins.
 _NO_STOP, _SIGNAL, _HOST_ERROR = 0, 1, 2
+# How long a host waits for the others to finish compiling the step: a pod's hosts compile
+# the same program, but a busy or slower host can take minutes longer.
+COMPILE_BARRIER_TIMEOUT_S = 1800
+_barrier_numbers = itertools.count()
 
 
 class StoppedByAnotherHost(cli_errors.RunStopped):
@@ -66,6 +72,24 @@ class StopRequested:
   def restore(self):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+def compiled_on_every_host(step_fn, state, batch):
+  """The jitted step compiled for (state, batch); with several processes every host returns
+  only when all have compiled it. CPU collectives across processes (gloo) give the other
+  processes 30 s to join a program's first collective, so a host that still compiles when
+  another starts the first step would otherwise fail that step ("Gloo context initialization
+  failed: DEADLINE_EXCEEDED"). The barrier is the coordination service's, not a collective."""
+  compiled = step_fn.lower(state, batch).compile()
+  wait_for_every_host('compiled_step', COMPILE_BARRIER_TIMEOUT_S)
+  return compiled
+
+
+def wait_for_every_host(name: str, timeout_s: int) -> None:
+  """A barrier of JAX's coordination service (no device collective, so no gloo deadline)."""
+  if jax.process_count() > 1:
+    ocp.multihost.sync_global_processes(f'vclr_{name}_{next(_barrier_numbers)}',
+                                        timeout=timeout_s)
 
 
 def make_any_host(mesh: Mesh, axis: str = 'data') -> Callable[[int], jax.Array]:
@@ -105,6 +129,7 @@ def run(*, step_fn, state, batches: Iterator, manager, mesh: Mesh, start_step: i
 
   Args:
     step_fn: jitted ``(state, batch) -> (state, metrics)``; metrics are replicated scalars.
+      It is compiled before the first step, and every host waits until all have compiled.
     describe: ``(step, window means) -> text`` of the log line, before the rate and ETA.
     check_previous: called with the previous step's number and metrics (still on the
       device) every step, e.g. to stop on non-finite steps; it raises to end the run.
@@ -202,7 +227,10 @@ def _run(stop: StopRequested, *, step_fn, state, batches: Iterator, manager, mes
   window_start, window_steps = time.time(), 0
   for step in range(start_step + 1, total_steps + 1):
     profile.before_step(step, state)
-    state, metrics = step_fn(state, next(batches))
+    batch = next(batches)
+    if step == start_step + 1:
+      step_fn = compiled_on_every_host(step_fn, state, batch)
+    state, metrics = step_fn(state, batch)
     profile.after_step(step, state)
     stop_now = any_host(_HOST_ERROR if host_stop() is not None
                         else _SIGNAL if stop.signal is not None else _NO_STOP)

@@ -248,10 +248,10 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str, log=print) -> 
   writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(out_dir)) \
       if jax.process_index() == 0 else None
   result = training_loop.run(
-      step_fn=lambda state, batch: step_fn(state, {k: batch[k] for k in ('frames', 'label')}),
-      state=state, batches=batches, manager=manager, mesh=mesh, start_step=start_step,
-      total_steps=total_steps, batch_size=config.batch_size,
-      log_every_steps=config.log_every_steps, log=log, writer=writer,
+      step_fn=step_fn, state=state,
+      batches=({k: batch[k] for k in ('frames', 'label')} for batch in batches),
+      manager=manager, mesh=mesh, start_step=start_step, total_steps=total_steps,
+      batch_size=config.batch_size, log_every_steps=config.log_every_steps, log=log, writer=writer,
       describe=lambda step, means: (f'finetune step {step}/{total_steps} | loss '
                                     f'{means["loss"]:.4f} | acc {means["accuracy"]:.2f}'),
       window_extras=lambda _: {'skipped_examples': float(host_iterator.skipped_examples)},
