@@ -77,16 +77,23 @@ def test_colour_ops_match_torchvision(name, factor):
 
 
 def test_grayscale_and_blur_match_torchvision():
-  image = natural_image(48, 48, seed=4).astype(np.float32) / 255
+  image = natural_image(48, 64, seed=4).astype(np.float32) / 255
   gray = augment.grayscale(jnp.asarray(image))
   np.testing.assert_allclose(np.asarray(gray)[..., 0],
                              F.rgb_to_grayscale(torch_image(image))[0].numpy(), atol=1e-6)
   for sigma in (0.3, 1.1, 2.0):
     radius = augment.blur_radius(48, RECIPE)  # 3 sigma_max at 48 px: 2 taps a side
-    expected = F.gaussian_blur(torch_image(image), [2 * radius + 1] * 2, [sigma, sigma])
+    expected = to_numpy(F.gaussian_blur(torch_image(image), [2 * radius + 1] * 2,
+                                        [sigma, sigma]))
+    taps = augment.blur_taps(sigma, radius)
     for blur in (augment.gaussian_blur, augment._blur_by_matmul):  # here, and a TPU's form
-      ours = blur(jnp.asarray(image), augment.blur_taps(sigma, radius))
-      np.testing.assert_allclose(np.asarray(ours), to_numpy(expected), atol=1e-5, rtol=0)
+      ours = blur(jnp.asarray(image), taps)
+      np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-5, rtol=0)
+    # The half-blurred image stored in bfloat16 (the rows then gathered taps, not a dot): at
+    # most two bfloat16 roundings of a value in [0, 1] away.
+    ours = augment.gaussian_blur(jnp.asarray(image), taps, store_dtype=jnp.bfloat16)
+    np.testing.assert_allclose(np.asarray(ours), expected, atol=2 * 2.0**-9, rtol=0)
+  assert np.abs(expected - image).max() > 0.1  # sigma 2 moves far more than the tolerance
 
 
 def test_a_tpu_lowering_resamples_and_blurs_with_dots():

@@ -37,8 +37,9 @@ FLOPs and bytes.
    before it from the pass's input.
 3. The colour pass goes on with the grayscale, the normalisation (it commutes with the blur,
    whose taps sum to one) and the blur's columns, a sum of gathered taps with reflected
-   indices; the rows are then a dot with the blur matrix, both in the compute dtype (identity
-   taps and matrix when the crop is not blurred).
+   indices; the rows are then a last pass of gathered taps when the passes write a narrower
+   dtype than they compute in (bfloat16 steps), else a dot with the blur matrix (identity
+   taps when the crop is not blurred).
 The colour work runs on the crop's three channel planes, so every op is elementwise on
 same-shaped arrays (no computed plane broadcast over a channel axis). Where the passes end is
 fixed on a CPU (``_stored``) and left to XLA's fusion on a GPU or TPU.
@@ -521,17 +522,23 @@ def _blur_by_taps(image, taps, store_dtype=None, platform=None):
 
   Columns first, as a sum of gathered taps: XLA counts a gathered operand as read once (shifted
   slices would each count as a read of the image), where a dot over the middle axis would need
-  transposed copies around it. Then rows, as a dot of the (H, H) blur matrix with the
-  half-blurred image over its leading axis, both in ``store_dtype`` and accumulated in the
-  image's dtype. Gathered row taps, or these column taps after the dot, would move fewer
-  bytes, but where the crops have several readers (the step's views) XLA:CPU writes each tap
-  out apart: the step's augmentation runs two to six times slower.
+  transposed copies around it. The half-blurred image is stored in ``store_dtype``. Then rows:
+  gathered taps again where ``store_dtype`` is narrower than the image's dtype (a pass that
+  reads and writes the image once); a dot of the (H, H) blur matrix with the half-blurred image
+  over its leading axis, accumulated in the image's dtype, where it is not. The rounding keeps
+  the two gathered passes apart; without it XLA:CPU fuses the first into each tap of the second
+  and writes every tap out, and the step's augmentation runs four times slower.
   """
   dtype = image.dtype
   store_dtype = store_dtype or dtype
-  columns = _reflected_sources(image.shape[1], (taps.shape[0] - 1) // 2)
+  radius = (taps.shape[0] - 1) // 2
+  columns = _reflected_sources(image.shape[1], radius)
   image = sum(taps[t] * image[:, columns[:, t]] for t in range(taps.shape[0]))
   image = _stored(image, store_dtype, platform)
+  if jnp.dtype(store_dtype).itemsize < jnp.dtype(dtype).itemsize:
+    image = image.astype(dtype)
+    rows = _reflected_sources(image.shape[0], radius)
+    return sum(taps[t] * image[rows[:, t]] for t in range(taps.shape[0]))
   return jnp.einsum('sh,hwc->swc', blur_matrix(taps.astype(store_dtype), image.shape[0]),
                     image, preferred_element_type=dtype)
 
