@@ -25,9 +25,9 @@ from vclr_jax.in_memory_data import InMemoryVideos, make_videos
 IN_MEMORY_FRAMES = 16
 # The stop message after a divergence proposes this fraction of the learning rate.
 LOWER_LR_FACTOR = 0.1
-# Process 0 renames directories while the others wait; on a slow shared filesystem that
-# can take minutes.
-MOVE_ASIDE_TIMEOUT_S = 600
+# How long the other hosts wait for process 0's file work (moving checkpoints aside), or
+# process 0 for theirs (reading config.json); on a slow shared filesystem that can take minutes.
+FILE_WORK_TIMEOUT_S = 600
 RESUME_FLAGS = ('--config.checkpoint.resume_step', '--config.optim.base_lr')
 
 
@@ -93,7 +93,7 @@ def move_aside_later_checkpoints(workdir: str, step: int) -> None:
       logging.warning('config.checkpoint.resume_step=%d: moved the later checkpoints %s to %s '
                       '(not deleted). Drop the flag when restarting this run later.',
                       step, moved, aside)
-  training_loop.wait_for_every_host('moved_aside_later_checkpoints', MOVE_ASIDE_TIMEOUT_S)
+  training_loop.wait_for_every_host('moved_aside_later_checkpoints', FILE_WORK_TIMEOUT_S)
 
 
 def initial_state(config, num_videos: int, mesh) -> train_state_lib.TrainState:
@@ -248,8 +248,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # The initial state is a checkpoint too: a divergence in the first steps of a run, whose
     # first saved step may already hold blown-up weights, can go back to it.
     checkpointing.save(manager, 0, state, force=True)
-  # Before config.json is rewritten: it still holds the previous start's resolved layout.
+  # Before config.json is rewritten: it still holds the previous start's resolved layout. Every
+  # host reads it before process 0 rewrites it (a host reading it mid-write finds it empty).
   logging.info(shuffle_bn_line(config.model, mesh.size, previous_run_model(workdir, restored)))
+  training_loop.wait_for_every_host('read_run_config', FILE_WORK_TIMEOUT_S)
   if jax.process_index() == 0:
     checkpointing.write_run_config(workdir, config)
   start_step = int(jax.device_get(state.step))
